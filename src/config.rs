@@ -1,0 +1,215 @@
+//! Settings: one typed struct, read from `ORDERLY_*` environment variables with local defaults.
+//!
+//! Nothing else in the crate reads the environment, so tests build a [`Settings`] by hand and
+//! every store location they use is visible in one place.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use thiserror::Error;
+
+/// The admin token used when `ORDERLY_DEV_MODE=true` and no `ORDERLY_ADMIN_TOKEN` is set.
+/// Documented in the README; never used outside dev mode.
+pub const DEV_ADMIN_TOKEN: &str = "orderly-dev-admin-token";
+
+/// Everything the process needs to know about where it runs.
+#[derive(Clone)]
+pub struct Settings {
+    pub http_addr: SocketAddr,
+    pub database_url: String,
+    pub pg_max_connections: u32,
+    pub redis_url: String,
+    /// Prefix of every Redis key orderly touches; tests give each app its own.
+    pub redis_prefix: String,
+    pub mongodb_url: String,
+    pub mongodb_database: String,
+    pub amqp_url: String,
+    pub admin_token: String,
+    pub dev_mode: bool,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub body_limit_bytes: usize,
+    pub currency: String,
+    /// How often the API re-drives stock adjustments a crash left half-applied.
+    pub stock_recovery_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for Settings {
+    // Hand-written so the admin token and URL credentials never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("http_addr", &self.http_addr)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("mongodb_url", &redact_url(&self.mongodb_url))
+            .field("mongodb_database", &self.mongodb_database)
+            .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("admin_token", &"<redacted>")
+            .field("dev_mode", &self.dev_mode)
+            .field("log_format", &self.log_format)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("{name} is not valid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+    #[error(
+        "ORDERLY_ADMIN_TOKEN is required (set ORDERLY_DEV_MODE=true to use the documented dev token)"
+    )]
+    MissingAdminToken,
+    #[error("ORDERLY_ADMIN_TOKEN must be at least 16 characters")]
+    WeakAdminToken,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let vars: HashMap<String, String> = std::env::vars()
+            .filter(|(key, _)| key.starts_with("ORDERLY_"))
+            .collect();
+        Self::from_vars(&vars)
+    }
+
+    /// Builds settings from a map of `ORDERLY_*` variables; missing ones take local defaults.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, SettingsError> {
+        let get = |name: &str, default: &str| -> String {
+            vars.get(name)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let dev_mode = parse::<bool>(vars, "ORDERLY_DEV_MODE", false)?;
+        let admin_token = match vars.get("ORDERLY_ADMIN_TOKEN").filter(|v| !v.is_empty()) {
+            Some(token) if token.len() < 16 => return Err(SettingsError::WeakAdminToken),
+            Some(token) => token.clone(),
+            None if dev_mode => DEV_ADMIN_TOKEN.to_owned(),
+            None => return Err(SettingsError::MissingAdminToken),
+        };
+        let log_format = match get("ORDERLY_LOG_FORMAT", "text").as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(SettingsError::Invalid {
+                    name: "ORDERLY_LOG_FORMAT",
+                    reason: format!("expected text or json, got {other:?}"),
+                });
+            }
+        };
+        Ok(Self {
+            http_addr: parse(vars, "ORDERLY_HTTP_ADDR", "127.0.0.1:8080".parse().unwrap())?,
+            database_url: get(
+                "ORDERLY_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/orderly",
+            ),
+            pg_max_connections: parse(vars, "ORDERLY_PG_MAX_CONNECTIONS", 16)?,
+            redis_url: get("ORDERLY_REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_prefix: get("ORDERLY_REDIS_PREFIX", "orderly:"),
+            mongodb_url: get("ORDERLY_MONGODB_URL", "mongodb://127.0.0.1:27017"),
+            mongodb_database: get("ORDERLY_MONGODB_DATABASE", "orderly"),
+            amqp_url: get("ORDERLY_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            admin_token,
+            dev_mode,
+            log_format,
+            log_filter: get("ORDERLY_LOG", "info"),
+            body_limit_bytes: parse(vars, "ORDERLY_BODY_LIMIT_BYTES", 64 * 1024)?,
+            currency: get("ORDERLY_CURRENCY", "IDR"),
+            stock_recovery_interval: Duration::from_secs(parse(
+                vars,
+                "ORDERLY_STOCK_RECOVERY_SECS",
+                5,
+            )?),
+            shutdown_grace: Duration::from_secs(parse(vars, "ORDERLY_SHUTDOWN_GRACE_SECS", 30)?),
+        })
+    }
+}
+
+fn parse<T>(
+    vars: &HashMap<String, String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, SettingsError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match vars.get(name).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(raw) => raw.parse().map_err(|e: T::Err| SettingsError::Invalid {
+            name,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Hides the password part of `scheme://user:password@host`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}://{}:***@{}", &url[..scheme_end], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn refuses_to_start_without_admin_token_outside_dev_mode() {
+        assert!(matches!(
+            Settings::from_vars(&vars(&[])),
+            Err(SettingsError::MissingAdminToken)
+        ));
+    }
+
+    #[test]
+    fn dev_mode_uses_the_documented_token() {
+        let s = Settings::from_vars(&vars(&[("ORDERLY_DEV_MODE", "true")])).unwrap();
+        assert_eq!(s.admin_token, DEV_ADMIN_TOKEN);
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn rejects_a_bad_value_by_name() {
+        let err = Settings::from_vars(&vars(&[
+            ("ORDERLY_DEV_MODE", "true"),
+            ("ORDERLY_HTTP_ADDR", "nowhere"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("ORDERLY_HTTP_ADDR"));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let s = Settings::from_vars(&vars(&[
+            ("ORDERLY_ADMIN_TOKEN", "a-very-secret-admin-token"),
+            (
+                "ORDERLY_AMQP_URL",
+                "amqp://guest:hunter2@127.0.0.1:5672/%2f",
+            ),
+        ]))
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("a-very-secret-admin-token"));
+        assert!(!shown.contains("hunter2"));
+    }
+}

@@ -1,0 +1,78 @@
+//! Who is calling: the admin (one shared token from settings) or a customer (a token whose
+//! SHA-256 is on file). Missing or unknown token → `401`; known token, wrong role → `403`.
+
+use axum::{
+    extract::FromRequestParts,
+    http::{header, request::Parts},
+};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use super::{AppState, error::ApiError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Admin,
+    Customer(Uuid),
+}
+
+impl Caller {
+    /// Admins may see everything; a customer only what is theirs.
+    pub fn may_see(self, owner: Uuid) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Customer(id) => id == owner,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        // Constant-time, so response timing does not leak how much of a guess was right.
+        if bool::from(token.as_bytes().ct_eq(state.admin_token.as_bytes())) {
+            return Ok(Self::Admin);
+        }
+        match state.customers.authenticate(token).await? {
+            Some(id) => Ok(Self::Customer(id)),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// Only the admin passes.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Admin => Ok(Self),
+            Caller::Customer(_) => Err(ApiError::Forbidden),
+        }
+    }
+}
+
+/// Only a customer passes (the admin acts for nobody in particular).
+pub struct CustomerCaller(pub Uuid);
+
+impl FromRequestParts<AppState> for CustomerCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Customer(id) => Ok(Self(id)),
+            Caller::Admin => Err(ApiError::Forbidden),
+        }
+    }
+}

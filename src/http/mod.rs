@@ -1,0 +1,100 @@
+//! The HTTP edge: the router, its shared state and the per-request span and metrics.
+
+pub mod auth;
+pub mod customers;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod ops;
+pub mod products;
+pub mod reviews;
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use tracing::Instrument;
+
+use crate::{
+    metrics::Metrics,
+    services::{Stores, catalog::Catalog, customers::Customers, reviews::Reviews},
+};
+use error::ApiError;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub stores: Stores,
+    pub catalog: Catalog,
+    pub customers: Customers,
+    pub reviews: Reviews,
+    pub metrics: Arc<Metrics>,
+    pub admin_token: Arc<str>,
+}
+
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    Router::new()
+        .route("/customers", post(customers::create_customer))
+        .route("/customers/{id}", get(customers::get_customer))
+        .route("/customers/{id}/deposits", post(customers::deposit))
+        .route(
+            "/products",
+            get(products::list_products).post(products::create_product),
+        )
+        .route(
+            "/products/{id}",
+            get(products::get_product)
+                .patch(products::update_product)
+                .delete(products::delete_product),
+        )
+        .route(
+            "/products/{id}/stock-adjustments",
+            post(products::adjust_stock),
+        )
+        .route(
+            "/products/{id}/reviews",
+            get(reviews::list_reviews).post(reviews::create_review),
+        )
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// One span per request (method, route, status, latency) and the matching metrics. The route is
+/// the matched template (`/products/{id}`), so label cardinality stays bounded.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let span = tracing::info_span!(
+        "http",
+        method = %method,
+        route = %route,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    span.record("status", status);
+    span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+    span.in_scope(|| tracing::info!("request finished"));
+    state
+        .metrics
+        .observe_http(&method, &route, status, elapsed.as_secs_f64());
+    response.into_response()
+}

@@ -1,0 +1,17 @@
+//! orderly: a concurrency-safe order processing engine.
+//!
+//! - [`domain`]: pure values and rules (money, stock, reviews); no I/O.
+//! - [`store`]: narrow adapters over Postgres, Redis (Lua), MongoDB and RabbitMQ.
+//! - [`services`]: the use cases, each joining the stores it needs.
+//! - [`http`]: the axum edge; errors become `problem+json` there.
+//! - [`app`]: wiring, background tasks and graceful shutdown.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod seed;
+pub mod services;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,116 @@
+//! Demo data: three categories, three products with stock, descriptions and reviews, and a demo
+//! customer with a funded wallet. Idempotent: products are matched by SKU, the customer by
+//! email, reviews by (product, customer); a second run only issues the demo customer a new token.
+
+use uuid::Uuid;
+
+use crate::{
+    domain::product::Sku,
+    services::{
+        ServiceError, Stores,
+        catalog::{Catalog, NewProductInput},
+        customers::Customers,
+        reviews::Reviews,
+    },
+    store::postgres::products,
+};
+
+pub const DEMO_EMAIL: &str = "demo@orderly.dev";
+pub const DEMO_BALANCE_MINOR: i64 = 10_000_000;
+
+struct DemoProduct {
+    sku: &'static str,
+    name: &'static str,
+    price_minor: i64,
+    category: &'static str,
+    stock: i64,
+    description: &'static str,
+    review: Option<(u8, &'static str)>,
+}
+
+const CATEGORIES: [&str; 3] = ["Baju", "Elektronik", "Otomotif"];
+
+const PRODUCTS: [DemoProduct; 3] = [
+    DemoProduct {
+        sku: "BAJU-HMIF",
+        name: "Baju HMIF",
+        price_minor: 135_000,
+        category: "Baju",
+        stock: 15,
+        description: "Kaos eksklusif acara HMIF. Bahan adem dan premium.",
+        review: Some((5, "Keren banget!")),
+    },
+    DemoProduct {
+        sku: "EARPHONE-WIRELESS",
+        name: "Earphone Wireless",
+        price_minor: 150_000,
+        category: "Elektronik",
+        stock: 40,
+        description: "Earphone nirkabel dengan bass mantap.",
+        review: Some((4, "Enak suaranya")),
+    },
+    DemoProduct {
+        sku: "HELM-NJS",
+        name: "Helm NJS",
+        price_minor: 500_000,
+        category: "Otomotif",
+        stock: 20,
+        description: "Helm full face, cocok buat touring jauh.",
+        review: None,
+    },
+];
+
+pub struct DemoCredentials {
+    pub customer_id: Uuid,
+    pub customer_token: String,
+}
+
+pub async fn run(stores: &Stores, currency: &str) -> Result<DemoCredentials, ServiceError> {
+    let catalog = Catalog::new(stores.clone(), currency.to_owned());
+    let customers = Customers::new(stores.clone(), currency.to_owned());
+    let reviews = Reviews::new(stores.clone());
+
+    let mut conn = stores.pg.acquire().await?;
+    for category in CATEGORIES {
+        products::ensure_category(&mut conn, category).await?;
+    }
+    drop(conn);
+
+    let (customer_id, customer_token) = match customers.find_by_email(DEMO_EMAIL).await? {
+        Some(existing) => (existing.id, customers.rotate_token(existing.id).await?),
+        None => {
+            let (customer, token) = customers
+                .create("Demo Customer", DEMO_EMAIL, DEMO_BALANCE_MINOR)
+                .await?;
+            (customer.id, token)
+        }
+    };
+
+    for demo in &PRODUCTS {
+        let product_id = match products::find_live_by_sku(&stores.pg, demo.sku).await? {
+            Some(row) => row.id,
+            None => {
+                let input = NewProductInput {
+                    sku: Sku::parse(demo.sku).expect("demo SKUs are valid"),
+                    name: demo.name.to_owned(),
+                    price_minor: demo.price_minor,
+                    category: demo.category.to_owned(),
+                    description: Some(demo.description.to_owned()),
+                    initial_stock: demo.stock,
+                };
+                catalog.create(input).await?.row.id
+            }
+        };
+        if let Some((rating, comment)) = demo.review
+            && !stores.docs.has_review_by(product_id, customer_id).await?
+        {
+            reviews
+                .create(product_id, customer_id, rating, comment.to_owned())
+                .await?;
+        }
+    }
+    Ok(DemoCredentials {
+        customer_id,
+        customer_token,
+    })
+}

@@ -1,0 +1,228 @@
+//! The unified catalog: a product's row in Postgres, its available stock in Redis, its
+//! description and rating in MongoDB, joined on read in a fixed number of round trips per page.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::{
+    ServiceError, Stores,
+    page::Page,
+    stock::{Settlement, StockAdjuster},
+};
+use crate::{
+    domain::{product::Sku, review::RatingSummary, stock::AdjustmentReason},
+    store::{
+        documents::ReviewDoc,
+        is_unique_violation,
+        postgres::{
+            products::{self, NewProduct, ProductChanges, ProductRow},
+            stock_ledger::{self, PendingAdjustment},
+        },
+    },
+};
+
+/// Reviews shown on a product page.
+pub const LATEST_REVIEWS: i64 = 10;
+
+/// A product as the catalog shows it.
+#[derive(Debug, Clone)]
+pub struct ProductView {
+    pub row: ProductRow,
+    pub description: Option<String>,
+    pub stock: i64,
+    pub rating: RatingSummary,
+}
+
+pub struct NewProductInput {
+    pub sku: Sku,
+    pub name: String,
+    pub price_minor: i64,
+    pub category: String,
+    pub description: Option<String>,
+    pub initial_stock: i64,
+}
+
+#[derive(Default)]
+pub struct ProductPatch {
+    pub name: Option<String>,
+    pub price_minor: Option<i64>,
+    pub category: Option<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Catalog {
+    stores: Stores,
+    stock: StockAdjuster,
+    currency: String,
+}
+
+impl Catalog {
+    pub fn new(stores: Stores, currency: String) -> Self {
+        Self {
+            stock: StockAdjuster::new(stores.clone()),
+            stores,
+            currency,
+        }
+    }
+
+    /// One page of live products: one Postgres query, then Redis and MongoDB concurrently.
+    pub async fn list(
+        &self,
+        category: Option<&str>,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<ProductView>, ServiceError> {
+        let rows = products::list_live(&self.stores.pg, category, after, limit + 1).await?;
+        let page = Page::from_overfetch(rows, limit, |row| row.id);
+        let items = self.join(page.items).await?;
+        Ok(Page {
+            items,
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    /// A live product with its latest reviews.
+    pub async fn get(&self, id: Uuid) -> Result<(ProductView, Vec<ReviewDoc>), ServiceError> {
+        let row = products::find_live(&self.stores.pg, id)
+            .await?
+            .ok_or(ServiceError::NotFound("product"))?;
+        let (mut views, reviews) = tokio::try_join!(self.join(vec![row]), async {
+            Ok(self.stores.docs.reviews(id, None, LATEST_REVIEWS).await?)
+        },)?;
+        Ok((views.remove(0), reviews))
+    }
+
+    /// Creates a product. The description is written inside the Postgres transaction, after the
+    /// insert has succeeded, so a refused SKU leaves MongoDB untouched; the opening stock is a
+    /// ledger adjustment like any other.
+    pub async fn create(&self, input: NewProductInput) -> Result<ProductView, ServiceError> {
+        let id = Uuid::now_v7();
+        let mut tx = self.stores.pg.begin().await?;
+        let category_id = products::ensure_category(&mut tx, &input.category).await?;
+        let new = NewProduct {
+            id,
+            sku: input.sku.as_str(),
+            name: &input.name,
+            price_minor: input.price_minor,
+            currency: &self.currency,
+            category_id,
+        };
+        let row = products::insert(&mut tx, new).await.map_err(|e| {
+            if is_unique_violation(&e, products::SKU_CONSTRAINT) {
+                ServiceError::Conflict(format!(
+                    "a product with sku {} already exists",
+                    input.sku.as_str()
+                ))
+            } else {
+                e.into()
+            }
+        })?;
+        stock_ledger::open_level(&mut tx, id).await?;
+        if let Some(description) = &input.description {
+            self.stores
+                .docs
+                .put_description(id, description, row.version)
+                .await?;
+        }
+        let opening = PendingAdjustment {
+            id: Uuid::now_v7(),
+            product_id: id,
+            delta: input.initial_stock,
+        };
+        if input.initial_stock > 0 {
+            stock_ledger::record_pending(&mut tx, opening, AdjustmentReason::Initial).await?;
+        }
+        tx.commit().await?;
+
+        let mut stock = 0;
+        if input.initial_stock > 0 {
+            match self.stock.settle(opening.id, false).await {
+                Ok(Some(Settlement::Applied { available, .. })) => stock = available,
+                Ok(_) => {}
+                // The product exists and its opening stock is recorded; recovery will apply it.
+                Err(e) => {
+                    tracing::warn!(error = %e, product_id = %id, "opening stock left pending")
+                }
+            }
+        }
+        Ok(ProductView {
+            row,
+            description: input.description,
+            stock,
+            rating: RatingSummary::NONE,
+        })
+    }
+
+    /// Applies `patch` if the product is still at `expected_version`.
+    pub async fn update(
+        &self,
+        id: Uuid,
+        expected_version: i64,
+        patch: ProductPatch,
+    ) -> Result<ProductView, ServiceError> {
+        let mut tx = self.stores.pg.begin().await?;
+        let category_id = match &patch.category {
+            Some(name) => Some(products::ensure_category(&mut tx, name).await?),
+            None => None,
+        };
+        let changes = ProductChanges {
+            name: patch.name.as_deref(),
+            price_minor: patch.price_minor,
+            category_id,
+        };
+        let Some(row) = products::update(&mut tx, id, expected_version, changes).await? else {
+            return Err(match products::live_version(&mut tx, id).await? {
+                Some(current) => ServiceError::VersionMismatch { current },
+                None => ServiceError::NotFound("product"),
+            });
+        };
+        // Written before the commit so a failed write leaves the version unchanged; the version
+        // guard keeps an older writer from overwriting a newer description.
+        if let Some(description) = &patch.description {
+            self.stores
+                .docs
+                .put_description(id, description, row.version)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(self.join(vec![row]).await?.remove(0))
+    }
+
+    pub async fn delete(&self, id: Uuid) -> Result<(), ServiceError> {
+        if products::soft_delete(&self.stores.pg, id).await? {
+            Ok(())
+        } else {
+            Err(ServiceError::NotFound("product"))
+        }
+    }
+
+    pub fn stock(&self) -> &StockAdjuster {
+        &self.stock
+    }
+
+    /// Adds stock, description and rating to rows: three concurrent round trips, whatever the count.
+    async fn join(&self, rows: Vec<ProductRow>) -> Result<Vec<ProductView>, ServiceError> {
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let (stock, mut descriptions, ratings) = tokio::try_join!(
+            self.stores.stock.available(&ids),
+            self.stores.docs.descriptions(&ids),
+            self.stores.docs.ratings(&ids),
+        )?;
+        Ok(rows
+            .into_iter()
+            .zip(stock)
+            .map(|(row, stock)| ProductView {
+                description: descriptions.remove(&row.id),
+                rating: rating_of(&ratings, row.id),
+                stock,
+                row,
+            })
+            .collect())
+    }
+}
+
+fn rating_of(ratings: &HashMap<Uuid, RatingSummary>, id: Uuid) -> RatingSummary {
+    ratings.get(&id).copied().unwrap_or(RatingSummary::NONE)
+}

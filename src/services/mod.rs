@@ -1,0 +1,58 @@
+//! Operations the HTTP layer calls: each joins the stores for one use case and returns typed
+//! results or a [`ServiceError`]. Handlers stay a few lines because the work is here.
+
+pub mod catalog;
+pub mod customers;
+pub mod page;
+pub mod reviews;
+pub mod stock;
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::{
+    domain::FieldViolation,
+    store::{StoreError, broker::Broker, documents::CatalogDocuments, stock::StockCounters},
+};
+
+/// Every store handle, cheap to clone.
+#[derive(Clone)]
+pub struct Stores {
+    pub pg: sqlx::PgPool,
+    pub stock: StockCounters,
+    pub docs: CatalogDocuments,
+    pub broker: Arc<Broker>,
+}
+
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the resource is at version {current}")]
+    VersionMismatch { current: i64 },
+    #[error("only {available} units are available")]
+    InsufficientStock { available: i64 },
+    /// Input that is well-formed but breaks a rule (a limit, a reference).
+    #[error("invalid request")]
+    Invalid(Vec<FieldViolation>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ServiceError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl ServiceError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid(vec![FieldViolation {
+            field: field.to_owned(),
+            message: message.into(),
+        }])
+    }
+}

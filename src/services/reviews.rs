@@ -1,0 +1,67 @@
+//! Reviews of live products, stored in MongoDB.
+
+use chrono::Utc;
+use mongodb::bson;
+use uuid::Uuid;
+
+use super::{ServiceError, Stores, page::Page};
+use crate::store::{documents::ReviewDoc, postgres::products};
+
+#[derive(Clone)]
+pub struct Reviews {
+    stores: Stores,
+}
+
+impl Reviews {
+    pub fn new(stores: Stores) -> Self {
+        Self { stores }
+    }
+
+    pub async fn create(
+        &self,
+        product_id: Uuid,
+        customer_id: Uuid,
+        rating: u8,
+        comment: String,
+    ) -> Result<ReviewDoc, ServiceError> {
+        self.ensure_live(product_id).await?;
+        let review = ReviewDoc {
+            id: Uuid::now_v7().to_string(),
+            product_id: product_id.to_string(),
+            customer_id: customer_id.to_string(),
+            rating: i32::from(rating),
+            comment,
+            // Becomes real with orders: true when the customer has a confirmed order of it.
+            verified_purchase: false,
+            created_at: bson::DateTime::from_millis(Utc::now().timestamp_millis()),
+        };
+        self.stores.docs.insert_review(&review).await?;
+        Ok(review)
+    }
+
+    /// A page of a product's reviews, newest first.
+    pub async fn list(
+        &self,
+        product_id: Uuid,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<ReviewDoc>, ServiceError> {
+        self.ensure_live(product_id).await?;
+        let docs = self
+            .stores
+            .docs
+            .reviews(product_id, before, limit + 1)
+            .await?;
+        Ok(Page::from_overfetch(docs, limit, |r| {
+            r.id.parse().unwrap_or_default()
+        }))
+    }
+
+    async fn ensure_live(&self, product_id: Uuid) -> Result<(), ServiceError> {
+        if products::is_live(&self.stores.pg, product_id).await? {
+            Ok(())
+        } else {
+            Err(ServiceError::NotFound("product"))
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! RabbitMQ. For now the API only needs to know that the broker answers; the saga's topology,
+//! publisher and consumers build on this connection.
+
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+
+pub struct Broker {
+    url: String,
+    connection: Mutex<Option<Connection>>,
+}
+
+impl Broker {
+    /// Does not connect yet: the API must start (and say "not ready") while RabbitMQ is down.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            connection: Mutex::new(None),
+        }
+    }
+
+    /// Succeeds when a connection is open, opening a new one if the last was lost.
+    pub async fn ping(&self) -> Result<(), lapin::Error> {
+        let mut slot = self.connection.lock().await;
+        if slot.as_ref().is_some_and(|c| c.status().connected()) {
+            return Ok(());
+        }
+        let properties = ConnectionProperties::default()
+            .with_connection_name("orderly".into())
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio);
+        let connect = Connection::connect(&self.url, properties);
+        let connection = tokio::time::timeout(Duration::from_secs(3), connect)
+            .await
+            .map_err(|_| {
+                lapin::Error::IOError(std::sync::Arc::new(std::io::ErrorKind::TimedOut.into()))
+            })??;
+        *slot = Some(connection);
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        if let Some(connection) = self.connection.lock().await.take() {
+            let _ = connection.close(200, "shutting down").await;
+        }
+    }
+}

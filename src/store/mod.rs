@@ -1,0 +1,87 @@
+//! Adapters for the stores and the broker. Each owns its SQL, Lua or collection; nothing above
+//! this layer builds a query.
+
+pub mod broker;
+pub mod documents;
+pub mod postgres;
+pub mod stock;
+
+use thiserror::Error;
+
+/// A store failed. `Unavailable` means it did not answer (retry later, `503`); `Failed` means it
+/// answered with an error we did not expect (a bug, `500`).
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{store} is unavailable")]
+    Unavailable {
+        store: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{store} failed")]
+    Failed {
+        store: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        let unavailable = matches!(
+            e,
+            sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed
+        );
+        classify("postgres", unavailable, e)
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        let unavailable = e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout();
+        classify("redis", unavailable, e)
+    }
+}
+
+impl From<mongodb::error::Error> for StoreError {
+    fn from(e: mongodb::error::Error) -> Self {
+        use mongodb::error::ErrorKind;
+        let unavailable = matches!(
+            *e.kind,
+            ErrorKind::Io(_)
+                | ErrorKind::ServerSelection { .. }
+                | ErrorKind::ConnectionPoolCleared { .. }
+        );
+        classify("mongodb", unavailable, e)
+    }
+}
+
+fn classify(
+    store: &'static str,
+    unavailable: bool,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> StoreError {
+    let source = Box::new(source);
+    if unavailable {
+        StoreError::Unavailable { store, source }
+    } else {
+        StoreError::Failed { store, source }
+    }
+}
+
+/// The Postgres SQLSTATE of a unique violation, when `e` is one.
+pub(crate) fn is_unique_violation(e: &sqlx::Error, constraint: &str) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.code().as_deref() == Some("23505") && db.constraint() == Some(constraint)
+        }
+        _ => false,
+    }
+}

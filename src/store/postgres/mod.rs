@@ -1,0 +1,47 @@
+//! Postgres: the pool, migrations, and one module per table group.
+
+pub mod customers;
+pub mod products;
+pub mod stock_ledger;
+
+use std::time::Duration;
+
+use sqlx::{
+    PgPool,
+    migrate::MigrateDatabase,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::config::Settings;
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens the pool, failing fast when Postgres does not answer.
+pub async fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = settings.database_url.parse()?;
+    PgPoolOptions::new()
+        .max_connections(settings.pg_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options.application_name("orderly"))
+        .await
+}
+
+/// Creates the database when missing, then applies every pending migration.
+pub async fn migrate(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+    if !sqlx::Postgres::database_exists(&settings.database_url).await? {
+        // Two processes may race here on a fresh machine; the loser's "already exists" is fine.
+        if let Err(e) = sqlx::Postgres::create_database(&settings.database_url).await
+            && !sqlx::Postgres::database_exists(&settings.database_url).await?
+        {
+            return Err(e);
+        }
+    }
+    let pool = connect(settings).await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(drop)
+}

@@ -1,0 +1,109 @@
+//! Redis: each product's available stock, changed only by the Lua scripts in `lua/`.
+//!
+//! Scripts run by SHA (`EVALSHA`); `redis::Script` reloads one with `SCRIPT LOAD` when Redis
+//! answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`), so callers never see that error.
+
+use redis::{Script, aio::ConnectionManager};
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// What `adjust.lua` did with an adjustment (now, or the first time it saw it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdjustOutcome {
+    Applied { available: i64 },
+    Refused { available: i64 },
+}
+
+#[derive(Clone)]
+pub struct StockCounters {
+    redis: ConnectionManager,
+    prefix: String,
+    adjust: Script,
+}
+
+impl StockCounters {
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let redis = ConnectionManager::new(client).await?;
+        Ok(Self {
+            redis,
+            prefix: prefix.to_owned(),
+            adjust: Script::new(include_str!("../../lua/adjust.lua")),
+        })
+    }
+
+    /// `{prefix}stock:{<product>}:available`. The braces are a Redis Cluster hash tag: every key
+    /// of one product lands in one slot, so one script may touch them all.
+    pub fn available_key(&self, product_id: Uuid) -> String {
+        format!("{}stock:{{{product_id}}}:available", self.prefix)
+    }
+
+    fn adjustment_key(&self, product_id: Uuid, adjustment_id: Uuid) -> String {
+        format!("{}stock:{{{product_id}}}:adj:{adjustment_id}", self.prefix)
+    }
+
+    /// Available stock for each product, in the order given, in one round trip. A product Redis
+    /// has never heard of has none available.
+    pub async fn available(&self, product_ids: &[Uuid]) -> Result<Vec<i64>, StoreError> {
+        if product_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = product_ids
+            .iter()
+            .map(|&id| self.available_key(id))
+            .collect();
+        let values: Vec<Option<i64>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(values.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Runs `adjust.lua`: applies `delta` at most once per `adjustment_id`, never below zero.
+    pub async fn adjust(
+        &self,
+        product_id: Uuid,
+        adjustment_id: Uuid,
+        delta: i64,
+    ) -> Result<AdjustOutcome, StoreError> {
+        let (applied, available): (i64, i64) = self
+            .adjust
+            .key(self.available_key(product_id))
+            .key(self.adjustment_key(product_id, adjustment_id))
+            .arg(delta)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(if applied == 1 {
+            AdjustOutcome::Applied { available }
+        } else {
+            AdjustOutcome::Refused { available }
+        })
+    }
+
+    /// Drops an adjustment's outcome marker once Postgres has settled it for good, so markers
+    /// do not pile up. Only safe after that commit: see `services::stock`.
+    pub async fn forget_adjustment(
+        &self,
+        product_id: Uuid,
+        adjustment_id: Uuid,
+    ) -> Result<(), StoreError> {
+        redis::cmd("DEL")
+            .arg(self.adjustment_key(product_id, adjustment_id))
+            .query_async::<()>(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// A handle on the connection, for tests and the reconcile tool.
+    pub fn connection(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+}

@@ -1,0 +1,325 @@
+//! `spawn_app()`: a real orderly on port 0, with its own Postgres database, Redis key prefix and
+//! MongoDB database, all removed again when the `TestApp` is dropped.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use futures::TryStreamExt;
+use mongodb::bson::doc;
+use orderly::{app::Application, config::Settings, services::Stores};
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub admin_token: String,
+    pub stores: Stores,
+    pub settings: Settings,
+    client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    db_name: String,
+}
+
+/// A response's status, headers and body (JSON when it parses, `Null` otherwise).
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    /// Asserts a problem+json answer with this status and code.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(
+            self.content_type(),
+            "application/problem+json",
+            "body: {}",
+            self.body
+        );
+        assert_eq!(self.body["code"], code, "body: {}", self.body);
+        assert_eq!(self.body["status"], status);
+    }
+}
+
+pub fn test_settings(overrides: &[(&str, &str)]) -> (Settings, String) {
+    let id = Uuid::new_v4().simple().to_string();
+    let db_name = format!("orderly_t_{id}");
+    let mut vars: HashMap<String, String> = [
+        ("ORDERLY_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        ("ORDERLY_DATABASE_URL", format!("{PG_SERVER}/{db_name}")),
+        ("ORDERLY_PG_MAX_CONNECTIONS", "8".to_owned()),
+        ("ORDERLY_REDIS_PREFIX", format!("orderly_t:{id}:")),
+        ("ORDERLY_MONGODB_DATABASE", db_name.clone()),
+        ("ORDERLY_ADMIN_TOKEN", format!("test-admin-{id}")),
+        ("ORDERLY_STOCK_RECOVERY_SECS", "3600".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in overrides {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    (
+        Settings::from_vars(&vars).expect("test settings are valid"),
+        db_name,
+    )
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    let (settings, db_name) = test_settings(overrides);
+    let app = Application::build(settings.clone())
+        .await
+        .expect("app builds");
+    let addr = app.local_addr();
+    let stores = app.stores().clone();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        admin_token: settings.admin_token.clone(),
+        stores,
+        settings,
+        client: reqwest::Client::new(),
+        shutdown: Some(tx),
+        db_name,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends a request with any body bytes and headers, for the bad-input battery.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.expect("request is sent");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body is read");
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        let headers: &[(&str, &str)] = if body.is_some() {
+            &[("content-type", "application/json")]
+        } else {
+            &[]
+        };
+        self.raw(
+            method,
+            path,
+            token,
+            headers,
+            body.map(|b| b.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.send(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {
+        self.send(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, if_match: &str, body: &Value) -> Reply {
+        self.raw(
+            Method::PATCH,
+            path,
+            Some(&self.admin_token),
+            &[("content-type", "application/json"), ("if-match", if_match)],
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    pub fn admin(&self) -> Option<&str> {
+        Some(&self.admin_token)
+    }
+
+    /// A customer with `balance_minor` in the wallet: `(id, token)`.
+    pub async fn create_customer(&self, balance_minor: i64) -> (Uuid, String) {
+        let email = format!("{}@example.com", Uuid::new_v4().simple());
+        let reply = self
+            .post(
+                "/customers",
+                self.admin(),
+                &json!({"name": "Budi", "email": email, "balance_minor": balance_minor}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        (
+            reply.body["id"].as_str().unwrap().parse().unwrap(),
+            reply.body["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// A product in category "Baju" with the given price and opening stock; returns its id.
+    pub async fn create_product(&self, price_minor: i64, initial_stock: i64) -> Uuid {
+        let body = json!({
+            "sku": format!("SKU-{}", Uuid::new_v4().simple()),
+            "name": "Kaos",
+            "price_minor": price_minor,
+            "category": "Baju",
+            "description": "Bahan adem.",
+            "initial_stock": initial_stock,
+        });
+        let reply = self.post("/products", self.admin(), &body).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.body["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Every row, key and document this app's stores hold, as one comparable value: a request
+    /// that must change nothing leaves this exactly as it was.
+    pub async fn snapshot(&self) -> Value {
+        let pg = &self.stores.pg;
+        let tables = [
+            "categories",
+            "products",
+            "customers",
+            "deposits",
+            "stock_levels",
+            "stock_adjustments",
+        ];
+        let mut postgres = serde_json::Map::new();
+        for table in tables {
+            let rows: Vec<(String,)> = sqlx::query_as(&format!(
+                "SELECT row_to_json(t)::text FROM {table} t ORDER BY 1"
+            ))
+            .fetch_all(pg)
+            .await
+            .unwrap();
+            postgres.insert(
+                table.into(),
+                rows.into_iter().map(|(r,)| Value::String(r)).collect(),
+            );
+        }
+
+        let mut redis = self.stores.stock.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.settings.redis_prefix))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let mut redis_state = std::collections::BTreeMap::new();
+        for key in keys {
+            let value: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            redis_state.insert(key, value);
+        }
+
+        let db = self.stores.docs.database();
+        let mut mongo = serde_json::Map::new();
+        for name in db.list_collection_names().await.unwrap() {
+            let docs: Vec<mongodb::bson::Document> = db
+                .collection(&name)
+                .find(doc! {})
+                .sort(doc! {"_id": 1})
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            mongo.insert(name, Value::String(format!("{docs:?}")));
+        }
+        json!({"postgres": postgres, "redis": redis_state, "mongodb": mongo})
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let db_name = self.db_name.clone();
+        let prefix = self.settings.redis_prefix.clone();
+        let redis_url = self.settings.redis_url.clone();
+        let mongodb_url = self.settings.mongodb_url.clone();
+        // Drop cannot await; clean up on a runtime of our own, on a thread of our own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) =
+                    sqlx::PgConnection::connect(&format!("{PG_SERVER}/postgres")).await
+                {
+                    let _ = sqlx::query(&format!(
+                        "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
+                    ))
+                    .execute(&mut conn)
+                    .await;
+                }
+                if let Ok(client) = redis::Client::open(redis_url)
+                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{prefix}*"))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<(), _> =
+                            redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                    }
+                }
+                // A client of this runtime's own: the app's belongs to the test's runtime.
+                if let Ok(client) = mongodb::Client::with_uri_str(&mongodb_url).await {
+                    let _ = client.database(&db_name).drop().await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests against real Postgres, Redis, MongoDB and RabbitMQ. One binary, so the
+//! build links once; every test isolates its stores through `helpers::spawn_app`.
+
+mod auth;
+mod bad_input;
+mod customers;
+mod helpers;
+mod ops;
+mod products;
+mod reviews;
+mod seed;
+mod stock;

@@ -1,0 +1,110 @@
+use crate::helpers::{spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn healthz_answers_while_the_process_runs() {
+    let app = spawn_app().await;
+    let reply = app.get("/healthz", None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, serde_json::json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn readyz_names_every_store() {
+    let app = spawn_app().await;
+    let reply = app.get("/readyz", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    for store in ["postgres", "redis", "mongodb", "rabbitmq"] {
+        assert_eq!(reply.body[store], "ok", "{}", reply.body);
+    }
+}
+
+#[tokio::test]
+async fn readyz_is_503_and_says_which_store_is_down() {
+    // Nothing listens on port 1: RabbitMQ is "down" for this app only.
+    let app = spawn_app_with(&[("ORDERLY_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")]).await;
+    let reply = app.get("/readyz", None).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.body["postgres"], "ok");
+    assert!(
+        reply.body["rabbitmq"]
+            .as_str()
+            .unwrap()
+            .starts_with("down: "),
+        "{}",
+        reply.body
+    );
+    assert!(
+        !reply.body.to_string().contains("guest:guest"),
+        "no credentials in the body"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let app = spawn_app().await;
+    app.get("/products", None).await;
+    app.get(&format!("/products/{}", uuid::Uuid::now_v7()), None)
+        .await;
+    let reply = app
+        .raw(reqwest::Method::GET, "/metrics", None, &[], None)
+        .await;
+    assert_eq!(reply.status, 200);
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            r#"orderly_http_requests_total{method="GET",route="/products",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"orderly_http_requests_total{method="GET",route="/products/{id}",status="404"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains("orderly_http_request_duration_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn openapi_describes_every_route() {
+    let app = spawn_app().await;
+    let reply = app.get("/openapi.json", None).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = reply.body["paths"].as_object().unwrap();
+    for path in [
+        "/customers",
+        "/customers/{id}",
+        "/customers/{id}/deposits",
+        "/products",
+        "/products/{id}",
+        "/products/{id}/stock-adjustments",
+        "/products/{id}/reviews",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(paths.contains_key(path), "missing {path}");
+    }
+    assert!(paths["/products/{id}"].get("patch").is_some());
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_are_problems() {
+    let app = spawn_app().await;
+    app.get("/nowhere", None)
+        .await
+        .assert_problem(404, "not_found");
+    app.send(reqwest::Method::PUT, "/products", app.admin(), None)
+        .await
+        .assert_problem(405, "method_not_allowed");
+    app.send(reqwest::Method::DELETE, "/healthz", None, None)
+        .await
+        .assert_problem(405, "method_not_allowed");
+}

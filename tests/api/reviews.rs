@@ -1,0 +1,114 @@
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn customers_review_and_the_rating_follows() {
+    let app = spawn_app().await;
+    let product = app.create_product(100, 1).await;
+    let (alice, alice_token) = app.create_customer(0).await;
+    let (_, bob_token) = app.create_customer(0).await;
+    let path = format!("/products/{product}/reviews");
+
+    let first = app
+        .post(
+            &path,
+            Some(&alice_token),
+            &json!({"rating": 5, "comment": "Keren banget!"}),
+        )
+        .await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert_eq!(first.body["customer_id"], alice.to_string());
+    assert_eq!(first.body["product_id"], product.to_string());
+    assert_eq!(first.body["verified_purchase"], false);
+    app.post(&path, Some(&bob_token), &json!({"rating": 4}))
+        .await;
+
+    let shown = app.get(&format!("/products/{product}"), None).await;
+    assert_eq!(shown.body["rating"], json!({"average": 4.5, "count": 2}));
+    let reviews = shown.body["reviews"].as_array().unwrap();
+    assert_eq!(reviews.len(), 2);
+    assert_eq!(reviews[0]["rating"], 4, "newest first");
+    assert_eq!(reviews[1]["comment"], "Keren banget!");
+
+    let listed = app.get("/products", None).await;
+    assert_eq!(listed.body["items"][0]["rating"]["count"], 2);
+}
+
+#[tokio::test]
+async fn the_review_list_pages_newest_first() {
+    let app = spawn_app().await;
+    let product = app.create_product(100, 1).await;
+    let (_, token) = app.create_customer(0).await;
+    let path = format!("/products/{product}/reviews");
+    for n in 1..=5 {
+        let r = app
+            .post(
+                &path,
+                Some(&token),
+                &json!({"rating": n, "comment": format!("#{n}")}),
+            )
+            .await;
+        assert_eq!(r.status, 201);
+    }
+    let first = app.get(&format!("{path}?limit=2"), None).await;
+    let comments = |page: &serde_json::Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["comment"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(comments(&first.body), ["#5", "#4"]);
+    let cursor = first.body["next_cursor"].as_str().unwrap();
+    let second = app
+        .get(&format!("{path}?limit=2&cursor={cursor}"), None)
+        .await;
+    assert_eq!(comments(&second.body), ["#3", "#2"]);
+    let cursor = second.body["next_cursor"].as_str().unwrap();
+    let last = app
+        .get(&format!("{path}?limit=2&cursor={cursor}"), None)
+        .await;
+    assert_eq!(comments(&last.body), ["#1"]);
+    assert!(last.body["next_cursor"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rating_stays_exact_under_concurrent_reviews() {
+    let app = spawn_app().await;
+    let product = app.create_product(100, 1).await;
+    let path = format!("/products/{product}/reviews");
+    let mut tokens = Vec::new();
+    for _ in 0..8 {
+        tokens.push(app.create_customer(0).await.1);
+    }
+    let ratings: Vec<i64> = (0..40).map(|n| n % 5 + 1).collect();
+    let replies = futures::future::join_all(ratings.iter().enumerate().map(|(n, &rating)| {
+        let (app, path, token) = (&app, &path, &tokens[n % tokens.len()]);
+        async move {
+            app.post(path, Some(token), &json!({"rating": rating}))
+                .await
+        }
+    }))
+    .await;
+    assert!(replies.iter().all(|r| r.status == 201));
+    let shown = app.get(&format!("/products/{product}"), None).await;
+    let expected = ratings.iter().sum::<i64>() as f64 / ratings.len() as f64;
+    assert_eq!(shown.body["rating"]["count"], 40);
+    assert_eq!(
+        shown.body["rating"]["average"].as_f64().unwrap(),
+        (expected * 100.0).round() / 100.0
+    );
+}
+
+#[tokio::test]
+async fn reviews_of_missing_products_are_not_found() {
+    let app = spawn_app().await;
+    let (_, token) = app.create_customer(0).await;
+    let path = format!("/products/{}/reviews", uuid::Uuid::now_v7());
+    app.post(&path, Some(&token), &json!({"rating": 3}))
+        .await
+        .assert_problem(404, "not_found");
+    app.get(&path, None).await.assert_problem(404, "not_found");
+}
