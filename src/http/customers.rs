@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{
     AppState,
     auth::{Admin, Caller},
-    error::{ApiError, Problem},
+    error::{ApiError, Problems},
     extract::{Id, JsonBody, etag, validated},
 };
 use crate::{
@@ -58,22 +58,26 @@ pub struct NewCustomerBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCustomer {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub balance_minor: i64,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Deposit {
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub amount_minor: i64,
 }
 
 /// Creates a customer and returns its token once (admin).
 #[utoipa::path(post, path = "/customers", tag = "customers", request_body = CreateCustomer,
     security(("bearer" = [])),
-    responses((status = 201, body = NewCustomerBody), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = NewCustomerBody), Problems))]
 pub async fn create_customer(
     State(state): State<AppState>,
     _: Admin,
@@ -100,8 +104,8 @@ pub async fn create_customer(
 }
 
 /// A customer and their wallet (admin, or that customer).
-#[utoipa::path(get, path = "/customers/{id}", tag = "customers", security(("bearer" = [])),
-    responses((status = 200, body = CustomerBody), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/customers/{id}", params(Id), tag = "customers", security(("bearer" = [])),
+    responses((status = 200, body = CustomerBody), Problems))]
 pub async fn get_customer(
     State(state): State<AppState>,
     caller: Caller,
@@ -116,9 +120,9 @@ pub async fn get_customer(
 }
 
 /// Adds money to a wallet (admin).
-#[utoipa::path(post, path = "/customers/{id}/deposits", tag = "customers", request_body = Deposit,
+#[utoipa::path(post, path = "/customers/{id}/deposits", params(Id), tag = "customers", request_body = Deposit,
     security(("bearer" = [])),
-    responses((status = 200, body = CustomerBody), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = CustomerBody), Problems))]
 pub async fn deposit(
     State(state): State<AppState>,
     _: Admin,

@@ -56,6 +56,92 @@ pub struct Problem {
     pub available: Option<i64>,
 }
 
+/// The problems any operation may answer, for the OpenAPI document (`responses(…, Problems)`).
+/// Which of them an operation can really produce depends on its auth and body; `code` says
+/// which one it is.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its derived description is used
+pub enum Problems {
+    #[response(
+        status = 400,
+        description = "malformed_json or validation_failed (wrong shape)",
+        content_type = "application/problem+json"
+    )]
+    BadRequest(Problem),
+    #[response(
+        status = 401,
+        description = "unauthorized: no or unknown bearer token",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    #[response(
+        status = 403,
+        description = "forbidden: the token's role may not do this",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+    #[response(
+        status = 404,
+        description = "not_found",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+    #[response(
+        status = 405,
+        description = "method_not_allowed",
+        content_type = "application/problem+json"
+    )]
+    MethodNotAllowed(Problem),
+    #[response(
+        status = 409,
+        description = "conflict or insufficient_stock",
+        content_type = "application/problem+json"
+    )]
+    Conflict(Problem),
+    #[response(
+        status = 412,
+        description = "version_mismatch, with current_version",
+        content_type = "application/problem+json"
+    )]
+    PreconditionFailed(Problem),
+    #[response(
+        status = 413,
+        description = "payload_too_large",
+        content_type = "application/problem+json"
+    )]
+    PayloadTooLarge(Problem),
+    #[response(
+        status = 415,
+        description = "unsupported_media_type",
+        content_type = "application/problem+json"
+    )]
+    UnsupportedMediaType(Problem),
+    #[response(
+        status = 422,
+        description = "validation_failed (values that break a rule)",
+        content_type = "application/problem+json"
+    )]
+    Unprocessable(Problem),
+    #[response(
+        status = 428,
+        description = "precondition_required: send If-Match",
+        content_type = "application/problem+json"
+    )]
+    PreconditionRequired(Problem),
+    #[response(
+        status = 500,
+        description = "internal",
+        content_type = "application/problem+json"
+    )]
+    Internal(Problem),
+    #[response(
+        status = 503,
+        description = "unavailable: a store is not answering",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ProblemField {
     pub field: String,

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use crate::domain::{FieldViolation, Invalid};
+use crate::domain::FieldViolation;
 
 /// A JSON body: `application/json` (or `…+json`), within the body limit, valid UTF-8 JSON whose
 /// shape matches `T` exactly (request types deny unknown fields).
@@ -108,6 +108,31 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     }
 }
 
+/// Describes the `{id}` segment in the OpenAPI document (`params(Id)` on a path).
+impl utoipa::IntoParams for Id {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::{
+            KnownFormat, ObjectBuilder, SchemaFormat, Type,
+            path::{ParameterBuilder, ParameterIn},
+        };
+        vec![
+            ParameterBuilder::new()
+                .name("id")
+                .parameter_in(ParameterIn::Path)
+                .required(utoipa::openapi::Required::True)
+                .description(Some("the resource's UUID"))
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))),
+                ))
+                .build(),
+        ]
+    }
+}
+
 /// Query parameters, rejecting unknown types with `400 validation_failed`.
 pub struct Query<T>(pub T);
 
@@ -151,11 +176,6 @@ pub fn etag(version: i64) -> [(header::HeaderName, String); 1] {
 /// Turns collected domain violations into a `422`.
 pub fn validated<T>(result: Result<T, Vec<FieldViolation>>) -> Result<T, ApiError> {
     result.map_err(ApiError::unprocessable)
-}
-
-/// A single optional query value checked by a domain rule, as a `400` naming the parameter.
-pub fn query_value<T>(name: &str, result: Result<T, Invalid>) -> Result<T, ApiError> {
-    result.map_err(|Invalid(message)| ApiError::bad_field(name, message))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{customers, ops, products, reviews};
+use super::{customers, error, ops, products, reviews};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use super::{customers, ops, products, reviews};
         reviews::create_review, reviews::list_reviews,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
+    components(schemas(error::Problem, error::ProblemField)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -14,15 +14,15 @@ use uuid::Uuid;
 use super::{
     AppState,
     auth::Admin,
-    error::{ApiError, Problem},
-    extract::{Id, IfMatch, JsonBody, Query, etag, query_value, validated},
+    error::{ApiError, Problems},
+    extract::{Id, IfMatch, JsonBody, Query, etag, validated},
+    page::{self, PageBody},
     reviews::ReviewBody,
 };
 use crate::{
     domain::{Violations, money, product, stock},
     services::{
         catalog::{NewProductInput, ProductPatch, ProductView},
-        page::{self, Page},
         stock::StockLevel,
     },
 };
@@ -81,30 +81,34 @@ pub struct ProductDetailBody {
     pub reviews: Vec<ReviewBody>,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct ProductPage {
-    pub items: Vec<ProductBody>,
-    pub next_cursor: Option<String>,
-}
-
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProduct {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub sku: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub price_minor: i64,
+    #[schema(min_length = 1, max_length = 64)]
     pub category: String,
+    #[schema(max_length = 5000)]
     pub description: Option<String>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000)]
     pub initial_stock: i64,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProduct {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub price_minor: Option<i64>,
+    #[schema(min_length = 1, max_length = 64)]
     pub category: Option<String>,
+    #[schema(max_length = 5000)]
     pub description: Option<String>,
 }
 
@@ -112,8 +116,10 @@ pub struct UpdateProduct {
 #[serde(deny_unknown_fields)]
 pub struct StockAdjustment {
     /// Non-zero; negative removes stock.
+    #[schema(minimum = -1_000_000, maximum = 1_000_000)]
     pub delta: i64,
     /// `restock`, `correction` or `damage`.
+    #[schema(pattern = "^(restock|correction|damage)$")]
     pub reason: String,
 }
 
@@ -140,37 +146,29 @@ impl From<StockLevel> for StockLevelBody {
 #[serde(deny_unknown_fields)]
 pub struct ListProductsQuery {
     pub category: Option<String>,
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }
 
 /// A page of live products, joined from Postgres, Redis and MongoDB.
 #[utoipa::path(get, path = "/products", tag = "products", params(ListProductsQuery),
-    responses((status = 200, body = ProductPage), (status = 400, body = Problem)))]
+    responses((status = 200, body = PageBody<ProductBody>), Problems))]
 pub async fn list_products(
     State(state): State<AppState>,
     Query(query): Query<ListProductsQuery>,
-) -> Result<Json<ProductPage>, ApiError> {
-    let limit = query_value("limit", page::limit(query.limit))?;
-    let after = query
-        .cursor
-        .as_deref()
-        .map(|c| query_value("cursor", page::decode(c)))
-        .transpose()?;
-    let page: Page<ProductView> = state
+) -> Result<Json<PageBody<ProductBody>>, ApiError> {
+    let (limit, after) = page::params(query.limit, query.cursor.as_deref())?;
+    let products = state
         .catalog
         .list(query.category.as_deref(), after, limit)
         .await?;
-    let page = page.map(ProductBody::from);
-    Ok(Json(ProductPage {
-        items: page.items,
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(PageBody::from_page(products)))
 }
 
 /// One live product with its latest reviews.
-#[utoipa::path(get, path = "/products/{id}", tag = "products",
-    responses((status = 200, body = ProductDetailBody), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/products/{id}", params(Id), tag = "products",
+    responses((status = 200, body = ProductDetailBody), Problems))]
 pub async fn get_product(
     State(state): State<AppState>,
     Id(id): Id,
@@ -187,7 +185,7 @@ pub async fn get_product(
 /// Creates a product (admin).
 #[utoipa::path(post, path = "/products", tag = "products", request_body = CreateProduct,
     security(("bearer" = [])),
-    responses((status = 201, body = ProductBody), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = ProductBody), Problems))]
 pub async fn create_product(
     State(state): State<AppState>,
     _: Admin,
@@ -224,9 +222,8 @@ pub async fn create_product(
 /// Changes any of name, price, category and description (admin, `If-Match` required).
 #[utoipa::path(patch, path = "/products/{id}", tag = "products", request_body = UpdateProduct,
     security(("bearer" = [])),
-    params(("If-Match" = String, Header, description = "the version last read, e.g. \"3\"")),
-    responses((status = 200, body = ProductBody), (status = 404, body = Problem),
-        (status = 412, body = Problem), (status = 428, body = Problem)))]
+    params(Id, ("If-Match" = String, Header, description = "the version last read, e.g. \"3\"")),
+    responses((status = 200, body = ProductBody), Problems))]
 pub async fn update_product(
     State(state): State<AppState>,
     _: Admin,
@@ -268,8 +265,8 @@ pub async fn update_product(
 }
 
 /// Removes a product from the catalog (admin). Orders already placed keep it.
-#[utoipa::path(delete, path = "/products/{id}", tag = "products", security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = Problem)))]
+#[utoipa::path(delete, path = "/products/{id}", params(Id), tag = "products", security(("bearer" = [])),
+    responses((status = 204), Problems))]
 pub async fn delete_product(
     State(state): State<AppState>,
     _: Admin,
@@ -280,10 +277,9 @@ pub async fn delete_product(
 }
 
 /// Changes available and on-hand stock (admin).
-#[utoipa::path(post, path = "/products/{id}/stock-adjustments", tag = "products",
+#[utoipa::path(post, path = "/products/{id}/stock-adjustments", params(Id), tag = "products",
     request_body = StockAdjustment, security(("bearer" = [])),
-    responses((status = 200, body = StockLevelBody), (status = 404, body = Problem),
-        (status = 409, body = Problem, description = "insufficient_stock")))]
+    responses((status = 200, body = StockLevelBody), Problems))]
 pub async fn adjust_stock(
     State(state): State<AppState>,
     _: Admin,

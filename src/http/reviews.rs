@@ -8,12 +8,12 @@ use utoipa::ToSchema;
 use super::{
     AppState,
     auth::CustomerCaller,
-    error::{ApiError, Problem},
-    extract::{Id, JsonBody, Query, query_value, validated},
+    error::{ApiError, Problems},
+    extract::{Id, JsonBody, Query, validated},
+    page::{self, PageBody},
 };
 use crate::{
     domain::{Violations, review},
-    services::page,
     store::documents::ReviewDoc,
 };
 
@@ -44,33 +44,30 @@ impl From<ReviewDoc> for ReviewBody {
     }
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct ReviewPage {
-    pub items: Vec<ReviewBody>,
-    pub next_cursor: Option<String>,
-}
-
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateReview {
     /// 1 to 5 stars.
+    #[schema(minimum = 1, maximum = 5)]
     pub rating: i64,
     /// Up to 2,000 characters.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub comment: String,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }
 
 /// Reviews a product (customer).
-#[utoipa::path(post, path = "/products/{id}/reviews", tag = "reviews", request_body = CreateReview,
+#[utoipa::path(post, path = "/products/{id}/reviews", params(Id), tag = "reviews", request_body = CreateReview,
     security(("bearer" = [])),
-    responses((status = 201, body = ReviewBody), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = ReviewBody), Problems))]
 pub async fn create_review(
     State(state): State<AppState>,
     CustomerCaller(customer_id): CustomerCaller,
@@ -89,26 +86,14 @@ pub async fn create_review(
 }
 
 /// A product's reviews, newest first.
-#[utoipa::path(get, path = "/products/{id}/reviews", tag = "reviews", params(PageQuery),
-    responses((status = 200, body = ReviewPage), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/products/{id}/reviews", tag = "reviews", params(Id, PageQuery),
+    responses((status = 200, body = PageBody<ReviewBody>), Problems))]
 pub async fn list_reviews(
     State(state): State<AppState>,
     Id(product_id): Id,
     Query(query): Query<PageQuery>,
-) -> Result<Json<ReviewPage>, ApiError> {
-    let limit = query_value("limit", page::limit(query.limit))?;
-    let before = query
-        .cursor
-        .as_deref()
-        .map(|c| query_value("cursor", page::decode(c)))
-        .transpose()?;
-    let page = state
-        .reviews
-        .list(product_id, before, limit)
-        .await?
-        .map(ReviewBody::from);
-    Ok(Json(ReviewPage {
-        items: page.items,
-        next_cursor: page.next_cursor,
-    }))
+) -> Result<Json<PageBody<ReviewBody>>, ApiError> {
+    let (limit, before) = page::params(query.limit, query.cursor.as_deref())?;
+    let reviews = state.reviews.list(product_id, before, limit).await?;
+    Ok(Json(PageBody::from_page(reviews)))
 }

@@ -93,6 +93,29 @@ async fn openapi_describes_every_route() {
         assert!(paths.contains_key(path), "missing {path}");
     }
     assert!(paths["/products/{id}"].get("patch").is_some());
+    let text = reply.body.to_string();
+    let schemas = reply.body["components"]["schemas"].as_object().unwrap();
+    for reference in text.split("#/components/schemas/").skip(1) {
+        let name: String = reference
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        assert!(
+            schemas.contains_key(&name),
+            "$ref to {name}, which is not in components"
+        );
+    }
+    for (path, operations) in paths.iter().filter(|(p, _)| p.contains("{id}")) {
+        for (method, operation) in operations.as_object().unwrap() {
+            let declares_id = operation["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == "id" && p["in"] == "path"));
+            assert!(
+                declares_id,
+                "{method} {path} does not declare its id parameter"
+            );
+        }
+    }
 }
 
 #[tokio::test]
