@@ -14,7 +14,9 @@ pub fn init(format: LogFormat, filter: &str) {
                 fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true),
+                    .with_current_span(true)
+                    // `span` already carries the request's fields; the list would repeat them.
+                    .with_span_list(false),
             )
             .init(),
         LogFormat::Text => registry.with(fmt::layer()).init(),

@@ -34,9 +34,7 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+            .and_then(bearer_token)
             .ok_or(ApiError::Unauthorized)?;
         // Constant-time, so response timing does not leak how much of a guess was right.
         if bool::from(token.as_bytes().ct_eq(state.admin_token.as_bytes())) {
@@ -47,6 +45,13 @@ impl FromRequestParts<AppState> for Caller {
             None => Err(ApiError::Unauthorized),
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Only the admin passes.
@@ -74,5 +79,19 @@ impl FromRequestParts<AppState> for CustomerCaller {
             Caller::Customer(id) => Ok(Self(id)),
             Caller::Admin => Err(ApiError::Forbidden),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 }

@@ -26,10 +26,11 @@ impl Broker {
         if slot.as_ref().is_some_and(|c| c.status().connected()) {
             return Ok(());
         }
+        // lapin's own (async-io) reactor rather than tokio's: its IO thread outlives the tokio
+        // runtime at exit, and on tokio's reactor it then logs errors after a clean shutdown.
         let properties = ConnectionProperties::default()
             .with_connection_name("orderly".into())
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio);
+            .with_executor(tokio_executor_trait::Tokio::current());
         let connect = Connection::connect(&self.url, properties);
         let connection = tokio::time::timeout(Duration::from_secs(3), connect)
             .await
