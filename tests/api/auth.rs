@@ -59,18 +59,10 @@ async fn call(
     body: &Option<Value>,
     token: Option<&str>,
 ) -> crate::helpers::Reply {
-    let mut headers = vec![("if-match", "\"1\"")];
-    if body.is_some() {
-        headers.push(("content-type", "application/json"));
-    }
-    app.raw(
-        method.clone(),
-        path,
-        token,
-        &headers,
-        body.as_ref().map(|b| b.to_string().into_bytes()),
-    )
-    .await
+    let content_type = body.as_ref().map(|_| "application/json");
+    let bytes = body.as_ref().map(|b| b.to_string().into_bytes());
+    app.write(method.clone(), path, token, content_type, bytes)
+        .await
 }
 
 #[tokio::test]

@@ -142,12 +142,14 @@ async fn send(
     content_type: Option<&str>,
     body: Vec<u8>,
 ) -> crate::helpers::Reply {
-    let mut headers = vec![("if-match", "\"1\"")];
-    if let Some(ct) = content_type {
-        headers.push(("content-type", ct));
-    }
-    app.raw(e.method.clone(), path, Some(&e.token), &headers, Some(body))
-        .await
+    app.write(
+        e.method.clone(),
+        path,
+        Some(&e.token),
+        content_type,
+        Some(body),
+    )
+    .await
 }
 
 fn with(valid: &Value, field: &str, value: Value) -> Vec<u8> {

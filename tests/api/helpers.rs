@@ -160,6 +160,23 @@ impl TestApp {
         .await
     }
 
+    /// A write request that carries `If-Match: "1"` (so `PATCH` reaches its other checks) and the
+    /// given content type, if any.
+    pub async fn write(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        let mut headers = vec![("if-match", "\"1\"")];
+        if let Some(content_type) = content_type {
+            headers.push(("content-type", content_type));
+        }
+        self.raw(method, path, token, &headers, body).await
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
         self.send(Method::GET, path, token, None).await
     }
