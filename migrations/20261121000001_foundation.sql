@@ -48,17 +48,18 @@ CREATE TABLE deposits (
 CREATE INDEX deposits_by_customer ON deposits (customer_id);
 
 -- Units physically on hand: the sum of the product's settled adjustments, and, once nothing is
--- pending, equal to available (Redis) + held by reservations. No CHECK (on_hand >= 0): Redis is
--- what refuses to go below zero, and while an earlier adjustment is applied in Redis but not yet
--- settled here, a later removal may settle first and take this sum briefly below zero.
+-- pending, equal to available (Redis) + held by reservations. Adjustments are applied to Redis and
+-- settled here in one order, under a lock on this row, so on_hand only ever takes values Redis's
+-- counter took, which are never negative.
 CREATE TABLE stock_levels (
     product_id  uuid PRIMARY KEY REFERENCES products (id),
-    on_hand     bigint NOT NULL,
+    on_hand     bigint NOT NULL CHECK (on_hand >= 0),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
 -- The ledger of stock adjustments. A row is written `pending` before Redis is touched and
 -- becomes `applied` once Redis has applied it; a refused one is removed. See services/stock.rs.
+-- An adjustment sent with an Idempotency-Key has an id derived from it, so a retry finds its row.
 CREATE TABLE stock_adjustments (
     id          uuid PRIMARY KEY,
     product_id  uuid NOT NULL REFERENCES products (id),
@@ -69,4 +70,4 @@ CREATE TABLE stock_adjustments (
     applied_at  timestamptz
 );
 CREATE INDEX stock_adjustments_by_product ON stock_adjustments (product_id, created_at);
-CREATE INDEX stock_adjustments_pending ON stock_adjustments (created_at) WHERE status = 'pending';
+CREATE INDEX stock_adjustments_pending ON stock_adjustments (product_id, created_at, id) WHERE status = 'pending';

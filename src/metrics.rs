@@ -14,16 +14,10 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    pub method: String,
-    pub route: String,
-}
-
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
-    pub http_latency: Family<RouteLabels, Histogram>,
+    pub http_latency: Family<HttpLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -35,7 +29,7 @@ impl Default for Metrics {
             "HTTP requests answered, by route and status",
             http_requests.clone(),
         );
-        let http_latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+        let http_latency = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
             // 0.5 ms to ~16 s: checkouts answer in milliseconds, `?wait=` may hold for seconds.
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
                 0.0005, 2.0, 16,
@@ -43,7 +37,7 @@ impl Default for Metrics {
         });
         registry.register(
             "http_request_duration_seconds",
-            "Time to answer an HTTP request, by route",
+            "Time to answer an HTTP request, by route and status",
             http_latency.clone(),
         );
         Self {
@@ -64,18 +58,12 @@ impl Metrics {
     }
 
     pub fn observe_http(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        self.http_requests
-            .get_or_create(&HttpLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
-                status,
-            })
-            .inc();
-        self.http_latency
-            .get_or_create(&RouteLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
-            })
-            .observe(seconds);
+        let labels = HttpLabels {
+            method: method.to_owned(),
+            route: route.to_owned(),
+            status,
+        };
+        self.http_latency.get_or_create(&labels).observe(seconds);
+        self.http_requests.get_or_create(&labels).inc();
     }
 }

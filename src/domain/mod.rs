@@ -8,6 +8,7 @@ pub mod money;
 pub mod product;
 pub mod review;
 pub mod stock;
+pub mod version;
 
 use thiserror::Error;
 
@@ -72,7 +73,7 @@ pub(crate) fn bounded_text(raw: &str, min: usize, max: usize) -> Result<String, 
     }
     if trimmed
         .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
     {
         return Err(Invalid::new("must not contain control characters"));
     }
@@ -89,6 +90,11 @@ mod tests {
         assert!(bounded_text("héllo!", 1, 5).is_err());
         assert!(bounded_text("   ", 1, 5).is_err());
         assert!(bounded_text("a\u{0}b", 1, 5).is_err());
+        assert_eq!(
+            bounded_text("a\r\nb", 1, 5).unwrap(),
+            "a\r\nb",
+            "textareas send CRLF"
+        );
     }
 
     #[test]

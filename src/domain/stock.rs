@@ -25,6 +25,16 @@ impl AdjustmentReason {
         }
     }
 
+    /// A reason as stored by [`Self::as_str`]; the column's CHECK allows no other.
+    pub fn parse_stored(raw: &str) -> Self {
+        match raw {
+            "restock" => Self::Restock,
+            "correction" => Self::Correction,
+            "damage" => Self::Damage,
+            _ => Self::Initial,
+        }
+    }
+
     /// The reasons a client may give (`initial` is reserved for product creation).
     pub fn parse_requested(raw: &str) -> Result<Self, Invalid> {
         match raw {

@@ -62,9 +62,9 @@ pub struct CreateCustomer {
     pub name: String,
     #[schema(format = Email, max_length = 254)]
     pub email: String,
-    #[serde(default)]
+    /// Opening balance; absent or null means 0.
     #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
-    pub balance_minor: i64,
+    pub balance_minor: Option<i64>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -86,7 +86,10 @@ pub async fn create_customer(
     let mut v = Violations::default();
     let name = v.check("name", customer::name(&body.name));
     let email = v.check("email", customer::email(&body.email));
-    let balance = v.check("balance_minor", money::opening_balance(body.balance_minor));
+    let balance = v.check(
+        "balance_minor",
+        money::opening_balance(body.balance_minor.unwrap_or(0)),
+    );
     let (name, email, balance) =
         validated(v.finish(|| (name.unwrap(), email.unwrap(), balance.unwrap())))?;
     let (customer, token) = state.customers.create(&name, &email, balance).await?;

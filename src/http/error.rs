@@ -35,6 +35,7 @@ pub enum ApiError {
     VersionMismatch {
         current: i64,
     },
+    IdempotencyKeyReused,
     Unavailable(StoreError),
     Internal(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -118,7 +119,7 @@ pub enum Problems {
     UnsupportedMediaType(Problem),
     #[response(
         status = 422,
-        description = "validation_failed (values that break a rule)",
+        description = "validation_failed (values that break a rule) or idempotency_key_reused",
         content_type = "application/problem+json"
     )]
     Unprocessable(Problem),
@@ -240,6 +241,12 @@ impl ApiError {
                 "Version mismatch",
                 format!("the resource has changed; it is now at version {current}"),
             ),
+            IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency key reused",
+                "this Idempotency-Key was already used with a different request".into(),
+            ),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -262,6 +269,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound(what) => Self::NotFound(format!("no such {what}")),
             ServiceError::Conflict(detail) => Self::Conflict(detail),
             ServiceError::VersionMismatch { current } => Self::VersionMismatch { current },
+            ServiceError::IdempotencyKeyReused => Self::IdempotencyKeyReused,
             ServiceError::InsufficientStock { available } => Self::InsufficientStock { available },
             ServiceError::Invalid(errors) => Self::unprocessable(errors),
             ServiceError::Store(e @ StoreError::Unavailable { .. }) => Self::Unavailable(e),

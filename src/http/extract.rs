@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use crate::domain::FieldViolation;
+use crate::domain::{FieldViolation, Invalid, version::Precondition};
 
 /// A JSON body: `application/json` (or `…+json`), within the body limit, valid UTF-8 JSON whose
 /// shape matches `T` exactly (request types deny unknown fields).
@@ -147,24 +147,64 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     }
 }
 
-/// The version a client last read, from `If-Match: "3"` (weak tags and bare numbers accepted).
-pub struct IfMatch(pub i64);
+/// The `If-Match` precondition of an update: missing → `428`, malformed → `400`.
+pub struct IfMatch(pub Precondition);
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let raw = parts
-            .headers
-            .get(header::IF_MATCH)
-            .ok_or(ApiError::PreconditionRequired)?;
-        raw.to_str()
-            .ok()
-            .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
-            .and_then(|v| v.parse::<i64>().ok())
-            .filter(|v| *v >= 1)
+        let mut values = parts.headers.get_all(header::IF_MATCH).iter().peekable();
+        if values.peek().is_none() {
+            return Err(ApiError::PreconditionRequired);
+        }
+        let joined = values
+            .map(|v| v.to_str().map_err(|_| ()))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|vs| vs.join(","))
+            .map_err(|()| ApiError::bad_field("If-Match", "must be visible ASCII"))?;
+        Precondition::parse_if_match(&joined)
             .map(IfMatch)
-            .ok_or_else(|| ApiError::bad_field("If-Match", "must be an entity tag like \"3\""))
+            .map_err(|Invalid(message)| ApiError::bad_field("If-Match", message))
+    }
+}
+
+/// An `Idempotency-Key` header: 1..255 visible ASCII characters. Required where it is extracted
+/// as `IdempotencyKey`, optional as `Option<IdempotencyKey>`.
+pub struct IdempotencyKey(pub String);
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+fn idempotency_key(parts: &Parts) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(raw) = parts.headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bytes = raw.as_bytes();
+    if (1..=255).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        Ok(Some(IdempotencyKey(
+            String::from_utf8_lossy(bytes).into_owned(),
+        )))
+    } else {
+        Err(ApiError::bad_field(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        ))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        idempotency_key(parts)?.ok_or_else(|| ApiError::bad_field("Idempotency-Key", "is required"))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, ApiError> {
+        idempotency_key(parts)
     }
 }
 

@@ -76,7 +76,11 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
 /// the matched template (`/products/{id}`), so label cardinality stays bounded.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    // Any token is a valid method; only the known ones become labels, so metrics stay bounded.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m.to_owned(),
+        _ => "OTHER".to_owned(),
+    };
     let route = request
         .extensions()
         .get::<MatchedPath>()

@@ -15,12 +15,12 @@ use super::{
     AppState,
     auth::Admin,
     error::{ApiError, Problems},
-    extract::{Id, IfMatch, JsonBody, Query, etag, validated},
+    extract::{Id, IdempotencyKey, IfMatch, JsonBody, Query, etag, validated},
     page::{self, PageBody},
     reviews::ReviewBody,
 };
 use crate::{
-    domain::{Violations, money, product, stock},
+    domain::{Invalid, Violations, money, product, stock},
     services::{
         catalog::{NewProductInput, ProductPatch, ProductView},
         stock::StockLevel,
@@ -142,8 +142,9 @@ impl From<StockLevel> for StockLevelBody {
     }
 }
 
+/// Unknown query parameters are ignored (cache busters and tracking tags are common); unknown
+/// body fields are not.
 #[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
 pub struct ListProductsQuery {
     pub category: Option<String>,
     #[param(minimum = 1, maximum = 200)]
@@ -159,9 +160,15 @@ pub async fn list_products(
     Query(query): Query<ListProductsQuery>,
 ) -> Result<Json<PageBody<ProductBody>>, ApiError> {
     let (limit, after) = page::params(query.limit, query.cursor.as_deref())?;
+    let category = query
+        .category
+        .as_deref()
+        .map(product::category)
+        .transpose()
+        .map_err(|Invalid(message)| ApiError::bad_field("category", message))?;
     let products = state
         .catalog
-        .list(query.category.as_deref(), after, limit)
+        .list(category.as_deref(), after, limit)
         .await?;
     Ok(Json(PageBody::from_page(products)))
 }
@@ -228,7 +235,7 @@ pub async fn update_product(
     State(state): State<AppState>,
     _: Admin,
     Id(id): Id,
-    IfMatch(version): IfMatch,
+    IfMatch(precondition): IfMatch,
     JsonBody(body): JsonBody<UpdateProduct>,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut v = Violations::default();
@@ -260,7 +267,7 @@ pub async fn update_product(
             "name, price_minor, category or description must be given",
         ));
     }
-    let body = ProductBody::from(state.catalog.update(id, version, patch).await?);
+    let body = ProductBody::from(state.catalog.update(id, &precondition, patch).await?);
     Ok((etag(body.version), Json(body)))
 }
 
@@ -277,13 +284,18 @@ pub async fn delete_product(
 }
 
 /// Changes available and on-hand stock (admin).
-#[utoipa::path(post, path = "/products/{id}/stock-adjustments", params(Id), tag = "products",
+///
+/// With an `Idempotency-Key`, a retry (after a lost answer or a `503`) returns the first
+/// outcome instead of adjusting again.
+#[utoipa::path(post, path = "/products/{id}/stock-adjustments", tag = "products",
+    params(Id, ("Idempotency-Key" = Option<String>, Header, description = "makes retries safe")),
     request_body = StockAdjustment, security(("bearer" = [])),
     responses((status = 200, body = StockLevelBody), Problems))]
 pub async fn adjust_stock(
     State(state): State<AppState>,
     _: Admin,
     Id(id): Id,
+    idempotency_key: Option<IdempotencyKey>,
     JsonBody(body): JsonBody<StockAdjustment>,
 ) -> Result<Json<StockLevelBody>, ApiError> {
     let mut v = Violations::default();
@@ -293,6 +305,7 @@ pub async fn adjust_stock(
         stock::AdjustmentReason::parse_requested(&body.reason),
     );
     let (delta, reason) = validated(v.finish(|| (delta.unwrap(), reason.unwrap())))?;
-    let level = state.catalog.stock().adjust(id, delta, reason).await?;
+    let key = idempotency_key.as_ref().map(|IdempotencyKey(k)| k.as_str());
+    let level = state.catalog.stock().adjust(id, delta, reason, key).await?;
     Ok(Json(level.into()))
 }

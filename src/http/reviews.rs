@@ -56,8 +56,8 @@ pub struct CreateReview {
     pub comment: String,
 }
 
+/// Unknown query parameters are ignored, as on every list endpoint.
 #[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
 pub struct PageQuery {
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,

@@ -11,7 +11,7 @@ use super::{
     stock::{Settlement, StockAdjuster},
 };
 use crate::{
-    domain::{product::Sku, review::RatingSummary, stock::AdjustmentReason},
+    domain::{product::Sku, review::RatingSummary, stock::AdjustmentReason, version::Precondition},
     store::{
         documents::ReviewDoc,
         is_unique_violation,
@@ -138,9 +138,13 @@ impl Catalog {
 
         let mut stock = 0;
         if input.initial_stock > 0 {
-            match self.stock.settle(opening.id, false).await {
-                Ok(Some(Settlement::Applied { available, .. })) => stock = available,
-                Ok(_) => {}
+            match self.stock.settle_product(id, false).await {
+                Ok(Some(settled)) => {
+                    if let Some(Settlement::Applied { available, .. }) = settled.get(&opening.id) {
+                        stock = *available;
+                    }
+                }
+                Ok(None) => {}
                 // The product exists and its opening stock is recorded; recovery will apply it.
                 Err(e) => {
                     tracing::warn!(error = %e, product_id = %id, "opening stock left pending")
@@ -155,11 +159,11 @@ impl Catalog {
         })
     }
 
-    /// Applies `patch` if the product is still at `expected_version`.
+    /// Applies `patch` if the product's version meets the `If-Match` precondition.
     pub async fn update(
         &self,
         id: Uuid,
-        expected_version: i64,
+        precondition: &Precondition,
         patch: ProductPatch,
     ) -> Result<ProductView, ServiceError> {
         let mut tx = self.stores.pg.begin().await?;
@@ -172,7 +176,8 @@ impl Catalog {
             price_minor: patch.price_minor,
             category_id,
         };
-        let Some(row) = products::update(&mut tx, id, expected_version, changes).await? else {
+        let Some(row) = products::update(&mut tx, id, precondition.versions(), changes).await?
+        else {
             return Err(match products::live_version(&mut tx, id).await? {
                 Some(current) => ServiceError::VersionMismatch { current },
                 None => ServiceError::NotFound("product"),

@@ -75,7 +75,9 @@ impl Customers {
         let Some(customer) =
             customers::credit(&mut tx, id, amount_minor, MAX_BALANCE_MINOR).await?
         else {
-            // Either there is no such customer or the balance would pass the cap.
+            // Either there is no such customer or the balance would pass the cap. Release the
+            // transaction's connection before asking which.
+            tx.rollback().await?;
             self.get(id).await?;
             return Err(ServiceError::invalid(
                 "amount_minor",

@@ -33,6 +33,8 @@ pub enum ServiceError {
     Conflict(String),
     #[error("the resource is at version {current}")]
     VersionMismatch { current: i64 },
+    #[error("this idempotency key was used with a different request")]
+    IdempotencyKeyReused,
     #[error("only {available} units are available")]
     InsufficientStock { available: i64 },
     /// Input that is well-formed but breaks a rule (a limit, a reference).

@@ -8,6 +8,9 @@ use uuid::Uuid;
 
 use super::StoreError;
 
+/// How long a settled adjustment's marker is kept: seven days.
+pub const MARKER_RETENTION_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
 /// What `adjust.lua` did with an adjustment (now, or the first time it saw it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdjustOutcome {
@@ -81,15 +84,17 @@ impl StockCounters {
         })
     }
 
-    /// Drops an adjustment's outcome marker once Postgres has settled it for good, so markers
-    /// do not pile up. Only safe after that commit: see `services::stock`.
-    pub async fn forget_adjustment(
+    /// Lets a settled adjustment's outcome marker expire after [`MARKER_RETENTION_MS`] rather
+    /// than dropping it: a script call still in flight from a process that lost its lock, or a
+    /// client retrying with the same idempotency key, must still find the first outcome.
+    pub async fn retire_marker(
         &self,
         product_id: Uuid,
         adjustment_id: Uuid,
     ) -> Result<(), StoreError> {
-        redis::cmd("DEL")
+        redis::cmd("PEXPIRE")
             .arg(self.adjustment_key(product_id, adjustment_id))
+            .arg(MARKER_RETENTION_MS)
             .query_async::<()>(&mut self.redis.clone())
             .await?;
         Ok(())

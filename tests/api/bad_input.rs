@@ -319,11 +319,25 @@ async fn bad_query_parameters_are_refused() {
         format!("/products/{product}/reviews?limit=-1"),
         format!("/products/{product}/reviews?cursor=%FF"),
         "/products/not-a-uuid".to_owned(),
+        "/products?category=%00".to_owned(),
+        format!("/products?category={}", "x".repeat(65)),
     ] {
         app.get(&path, None)
             .await
             .assert_problem(400, "validation_failed");
     }
+    app.send(
+        reqwest::Method::DELETE,
+        "/products/not-a-uuid",
+        app.admin(),
+        None,
+    )
+    .await
+    .assert_problem(400, "validation_failed");
+    // Unknown query parameters are ignored, not refused: cache busters must keep working.
+    let busted = app.get("/products?_=1700000000&utm_source=x", None).await;
+    assert_eq!(busted.status, 200);
+    assert_eq!(busted.body["items"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -334,11 +348,34 @@ async fn a_malformed_if_match_is_refused() {
     app.patch(&path, "banana", &json!({"name": "x"}))
         .await
         .assert_problem(400, "validation_failed");
-    app.patch(&path, "\"0\"", &json!({"name": "x"}))
+    app.patch(&path, "\"1", &json!({"name": "x"}))
         .await
         .assert_problem(400, "validation_failed");
     app.patch(&path, "\"1\"", &json!({}))
         .await
         .assert_problem(400, "validation_failed");
     assert_eq!(app.get(&path, None).await.body["version"], 1);
+}
+
+#[tokio::test]
+async fn if_match_compares_strongly_and_accepts_lists_and_any() {
+    let app = spawn_app().await;
+    let product = app.create_product(1, 1).await;
+    let path = format!("/products/{product}");
+    for never in ["\"0\"", "W/\"1\"", "\"one\""] {
+        let reply = app.patch(&path, never, &json!({"name": "x"})).await;
+        reply.assert_problem(412, "version_mismatch");
+        assert_eq!(reply.body["current_version"], 1);
+    }
+    let listed = app
+        .patch(&path, "\"7\", \"1\"", &json!({"name": "listed"}))
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body["version"], 2);
+    let any = app.patch(&path, "*", &json!({"name": "any"})).await;
+    assert_eq!(any.body["version"], 3);
+    let gone = format!("/products/{}", uuid::Uuid::now_v7());
+    app.patch(&gone, "*", &json!({"name": "x"}))
+        .await
+        .assert_problem(404, "not_found");
 }

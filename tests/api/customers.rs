@@ -86,6 +86,19 @@ async fn concurrent_deposits_are_never_lost() {
 }
 
 #[tokio::test]
+async fn an_absent_or_null_opening_balance_is_zero() {
+    let app = spawn_app().await;
+    for body in [
+        json!({"name": "A", "email": "a@example.com"}),
+        json!({"name": "B", "email": "b@example.com", "balance_minor": null}),
+    ] {
+        let reply = app.post("/customers", app.admin(), &body).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        assert_eq!(reply.body["balance_minor"], 0);
+    }
+}
+
+#[tokio::test]
 async fn a_duplicate_email_is_a_conflict() {
     let app = spawn_app().await;
     let body = json!({"name": "Budi", "email": "budi@example.com"});

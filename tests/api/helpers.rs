@@ -11,8 +11,6 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-
 pub struct TestApp {
     pub addr: SocketAddr,
     pub admin_token: String,
@@ -53,21 +51,42 @@ impl Reply {
     }
 }
 
+/// Settings for one test: the stores named by the environment's `ORDERLY_*` variables (as
+/// `scripts/test` exports them; local defaults otherwise), with a database, key prefix and
+/// MongoDB database of the test's own, an ephemeral port, and overrides on top.
 pub fn test_settings(overrides: &[(&str, &str)]) -> (Settings, String) {
     let id = Uuid::new_v4().simple().to_string();
     let db_name = format!("orderly_t_{id}");
-    let mut vars: HashMap<String, String> = [
-        ("ORDERLY_HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ("ORDERLY_DATABASE_URL", format!("{PG_SERVER}/{db_name}")),
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let host = env("ORDERLY_HTTP_ADDR")
+        .and_then(|addr| addr.parse::<SocketAddr>().ok())
+        .map_or_else(|| "127.0.0.1".to_owned(), |addr| addr.ip().to_string());
+    let mut vars: HashMap<String, String> = HashMap::new();
+    for name in [
+        "ORDERLY_REDIS_URL",
+        "ORDERLY_MONGODB_URL",
+        "ORDERLY_AMQP_URL",
+        "ORDERLY_ADMIN_TOKEN",
+    ] {
+        if let Some(value) = env(name) {
+            vars.insert(name.to_owned(), value);
+        }
+    }
+    vars.entry("ORDERLY_ADMIN_TOKEN".to_owned())
+        .or_insert_with(|| format!("test-admin-{id}"));
+    for (name, value) in [
+        (
+            "ORDERLY_HTTP_ADDR",
+            SocketAddr::new(host.parse().unwrap(), 0).to_string(),
+        ),
+        ("ORDERLY_DATABASE_URL", format!("{}/{db_name}", pg_server())),
         ("ORDERLY_PG_MAX_CONNECTIONS", "8".to_owned()),
         ("ORDERLY_REDIS_PREFIX", format!("orderly_t:{id}:")),
         ("ORDERLY_MONGODB_DATABASE", db_name.clone()),
-        ("ORDERLY_ADMIN_TOKEN", format!("test-admin-{id}")),
         ("ORDERLY_STOCK_RECOVERY_SECS", "3600".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ] {
+        vars.insert(name.to_owned(), value);
+    }
     for (k, v) in overrides {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
@@ -75,6 +94,18 @@ pub fn test_settings(overrides: &[(&str, &str)]) -> (Settings, String) {
         Settings::from_vars(&vars).expect("test settings are valid"),
         db_name,
     )
+}
+
+/// The Postgres server of `ORDERLY_DATABASE_URL`, without its database name.
+fn pg_server() -> String {
+    let url = std::env::var("ORDERLY_DATABASE_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/orderly".to_owned());
+    let url = url.split('?').next().unwrap_or_default();
+    url.rsplit_once('/')
+        .map_or(url, |(server, _)| server)
+        .to_owned()
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -310,7 +341,7 @@ impl Drop for TestApp {
             runtime.block_on(async move {
                 use sqlx::Connection;
                 if let Ok(mut conn) =
-                    sqlx::PgConnection::connect(&format!("{PG_SERVER}/postgres")).await
+                    sqlx::PgConnection::connect(&format!("{}/postgres", pg_server())).await
                 {
                     let _ = sqlx::query(&format!(
                         "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"

@@ -67,7 +67,30 @@ async fn metrics_count_requests_by_route_and_status() {
         ),
         "{text}"
     );
-    assert!(text.contains("orderly_http_request_duration_seconds_bucket"));
+    assert!(
+        text.contains(
+            r#"orderly_http_request_duration_seconds_count{method="GET",route="/products/{id}",status="404"} 1"#
+        ),
+        "{text}"
+    );
+    // Made-up methods share one label value, so they cannot grow the metrics without bound.
+    for method in ["FOO", "BAR", "BAZ"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        app.send(m, "/products", None, None)
+            .await
+            .assert_problem(405, "method_not_allowed");
+    }
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"method="OTHER",route="/products",status="405"} 3"#),
+        "{text}"
+    );
+    assert!(!text.contains("FOO"));
 }
 
 #[tokio::test]

@@ -21,8 +21,18 @@ async fn customers_review_and_the_rating_follows() {
     assert_eq!(first.body["customer_id"], alice.to_string());
     assert_eq!(first.body["product_id"], product.to_string());
     assert_eq!(first.body["verified_purchase"], false);
-    app.post(&path, Some(&bob_token), &json!({"rating": 4}))
+    let crlf = app
+        .post(
+            &path,
+            Some(&bob_token),
+            &json!({"rating": 4, "comment": "Bagus.\r\nPengiriman cepat."}),
+        )
         .await;
+    assert_eq!(
+        crlf.status, 201,
+        "a textarea's line breaks are fine: {}",
+        crlf.body
+    );
 
     let shown = app.get(&format!("/products/{product}"), None).await;
     assert_eq!(shown.body["rating"], json!({"average": 4.5, "count": 2}));

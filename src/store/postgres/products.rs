@@ -115,11 +115,12 @@ pub async fn list_live(
     .await
 }
 
-/// Applies `changes` when the product is live and still at `expected_version`; `None` otherwise.
+/// Applies `changes` when the product is live and at one of `versions` (any, when `None`);
+/// `None` otherwise.
 pub async fn update(
     conn: &mut PgConnection,
     id: Uuid,
-    expected_version: i64,
+    versions: Option<&[i64]>,
     changes: ProductChanges<'_>,
 ) -> Result<Option<ProductRow>, sqlx::Error> {
     sqlx::query_as(
@@ -127,13 +128,14 @@ pub async fn update(
                         price_minor = COALESCE($4, price_minor), \
                         category_id = COALESCE($5, category_id), \
                         version = version + 1, updated_at = now() \
-                    WHERE id = $1 AND version = $2 AND deleted_at IS NULL RETURNING *) \
+                    WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY($2)) \
+                      AND deleted_at IS NULL RETURNING *) \
          SELECT p.id, p.sku, p.name, p.price_minor, p.currency, c.name AS category, \
                 p.version, p.created_at, p.updated_at \
          FROM p JOIN categories c ON c.id = p.category_id",
     )
     .bind(id)
-    .bind(expected_version)
+    .bind(versions)
     .bind(changes.name)
     .bind(changes.price_minor)
     .bind(changes.category_id)

@@ -21,56 +21,94 @@ pub async fn open_level(conn: &mut PgConnection, product_id: Uuid) -> Result<(),
         .map(drop)
 }
 
+/// What recording an adjustment found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    New,
+    /// A row with this id exists already (a retry with the same idempotency key).
+    Existing {
+        delta: i64,
+        reason: AdjustmentReason,
+    },
+}
+
+/// Records a pending adjustment, or reports the one already recorded under its id.
 pub async fn record_pending(
     conn: &mut PgConnection,
     adjustment: PendingAdjustment,
     reason: AdjustmentReason,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<Recorded, sqlx::Error> {
+    // A no-op DO UPDATE so RETURNING yields the existing row on a conflict; `xmax = 0` only for
+    // a freshly inserted row.
+    let (delta, stored_reason, inserted): (i64, String, bool) = sqlx::query_as(
         "INSERT INTO stock_adjustments (id, product_id, delta, reason, status) \
-         VALUES ($1, $2, $3, $4, 'pending')",
+         VALUES ($1, $2, $3, $4, 'pending') \
+         ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id \
+         RETURNING delta, reason, (xmax = 0)",
     )
     .bind(adjustment.id)
     .bind(adjustment.product_id)
     .bind(adjustment.delta)
     .bind(reason.as_str())
-    .execute(conn)
-    .await
-    .map(drop)
+    .fetch_one(conn)
+    .await?;
+    Ok(if inserted {
+        Recorded::New
+    } else {
+        Recorded::Existing {
+            delta,
+            reason: AdjustmentReason::parse_stored(&stored_reason),
+        }
+    })
 }
 
-/// Locks the adjustment while it is still pending. With `skip_locked`, one that another process
-/// is settling right now is passed over instead of waited for.
-pub async fn lock_pending(
+/// Locks a product's stock level: the one lock every change of its stock is made under. With
+/// `skip_locked`, returns false instead of waiting when another process holds it.
+pub async fn lock_level(
     conn: &mut PgConnection,
-    id: Uuid,
+    product_id: Uuid,
     skip_locked: bool,
-) -> Result<Option<PendingAdjustment>, sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let lock = if skip_locked {
         "FOR UPDATE SKIP LOCKED"
     } else {
         "FOR UPDATE"
     };
-    sqlx::query_as(&format!(
-        "SELECT id, product_id, delta FROM stock_adjustments \
-         WHERE id = $1 AND status = 'pending' {lock}"
+    let locked: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT on_hand FROM stock_levels WHERE product_id = $1 {lock}"
     ))
-    .bind(id)
+    .bind(product_id)
     .fetch_optional(conn)
+    .await?;
+    Ok(locked.is_some())
+}
+
+/// A product's pending adjustments, oldest first: the order they must be applied in.
+pub async fn pending_for(
+    conn: &mut PgConnection,
+    product_id: Uuid,
+) -> Result<Vec<PendingAdjustment>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, product_id, delta FROM stock_adjustments \
+         WHERE product_id = $1 AND status = 'pending' ORDER BY created_at, id",
+    )
+    .bind(product_id)
+    .fetch_all(conn)
     .await
 }
 
-/// The oldest pending adjustments: those a crash or a Redis error left unsettled.
-pub async fn pending_ids(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+/// Products with adjustments a crash or a store error left pending.
+pub async fn products_with_pending(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT id FROM stock_adjustments WHERE status = 'pending' ORDER BY created_at LIMIT $1",
+        "SELECT product_id FROM stock_adjustments WHERE status = 'pending' \
+         GROUP BY product_id ORDER BY min(created_at) LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
     .await
 }
 
-/// Marks the (locked) adjustment applied and adds its delta to on-hand; returns on-hand after.
+/// Marks the adjustment applied and adds its delta to on-hand; returns on-hand after.
 pub async fn mark_applied(
     conn: &mut PgConnection,
     adjustment: PendingAdjustment,
