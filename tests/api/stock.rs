@@ -30,6 +30,20 @@ async fn assert_consistent(app: &TestApp, product: Uuid) -> i64 {
     available
 }
 
+/// An adjustment whose process died right after recording it (step 1 done, nothing more).
+async fn record_then_crash(app: &TestApp, product: Uuid, delta: i64) -> PendingAdjustment {
+    let adjustment = PendingAdjustment {
+        id: Uuid::now_v7(),
+        product_id: product,
+        delta,
+    };
+    let mut conn = app.stores.pg.acquire().await.unwrap();
+    stock_ledger::record_pending(&mut conn, adjustment, AdjustmentReason::Correction)
+        .await
+        .unwrap();
+    adjustment
+}
+
 #[tokio::test]
 async fn adjustments_move_stock_and_refuse_to_go_below_zero() {
     let app = spawn_app().await;
@@ -123,24 +137,9 @@ async fn an_adjustment_a_crash_left_pending_is_settled_exactly_once() {
     let adjuster = StockAdjuster::new(app.stores.clone());
 
     // Crash after recording, before Redis: the row is pending, Redis untouched.
-    let before_redis = PendingAdjustment {
-        id: Uuid::now_v7(),
-        product_id: product,
-        delta: 3,
-    };
+    record_then_crash(&app, product, 3).await;
     // Crash after Redis applied it, before Postgres settled it.
-    let after_redis = PendingAdjustment {
-        id: Uuid::now_v7(),
-        product_id: product,
-        delta: 2,
-    };
-    let mut conn = app.stores.pg.acquire().await.unwrap();
-    for adjustment in [before_redis, after_redis] {
-        stock_ledger::record_pending(&mut conn, adjustment, AdjustmentReason::Restock)
-            .await
-            .unwrap();
-    }
-    drop(conn);
+    let after_redis = record_then_crash(&app, product, 2).await;
     app.stores
         .stock
         .adjust(product, after_redis.id, after_redis.delta)
@@ -176,16 +175,7 @@ async fn the_next_adjustment_settles_what_a_crash_left_pending_first() {
     let app = spawn_app().await;
     let product = app.create_product(100, 0).await;
     // +5 reached Redis, then the process died before Postgres settled it.
-    let crashed = PendingAdjustment {
-        id: Uuid::now_v7(),
-        product_id: product,
-        delta: 5,
-    };
-    let mut conn = app.stores.pg.acquire().await.unwrap();
-    stock_ledger::record_pending(&mut conn, crashed, AdjustmentReason::Restock)
-        .await
-        .unwrap();
-    drop(conn);
+    let crashed = record_then_crash(&app, product, 5).await;
     app.stores
         .stock
         .adjust(product, crashed.id, crashed.delta)
@@ -376,10 +366,7 @@ proptest! {
                         }
                     }
                     Step::CrashBeforeRedis(delta) | Step::CrashAfterRedis(delta) => {
-                        let adjustment = PendingAdjustment { id: Uuid::now_v7(), product_id: product, delta };
-                        let mut conn = app.stores.pg.acquire().await.unwrap();
-                        stock_ledger::record_pending(&mut conn, adjustment, AdjustmentReason::Correction).await.unwrap();
-                        drop(conn);
+                        let adjustment = record_then_crash(&app, product, delta).await;
                         let reached_redis = matches!(step, Step::CrashAfterRedis(_));
                         if reached_redis {
                             // Pending rows before it were applied first, under the same lock.
