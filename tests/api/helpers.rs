@@ -231,6 +231,24 @@ impl TestApp {
         Some(&self.admin_token)
     }
 
+    /// `POST /products/{product}/stock-adjustments` as the admin.
+    pub async fn adjust_stock(&self, product: Uuid, delta: i64, reason: &str) -> Reply {
+        let path = format!("/products/{product}/stock-adjustments");
+        self.post(
+            &path,
+            self.admin(),
+            &json!({"delta": delta, "reason": reason}),
+        )
+        .await
+    }
+
+    /// The `/metrics` text, after checking it answers `200`.
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.unwrap()
+    }
+
     /// A customer with `balance_minor` in the wallet: `(id, token)`.
     pub async fn create_customer(&self, balance_minor: i64) -> (Uuid, String) {
         let email = format!("{}@example.com", Uuid::new_v4().simple());

@@ -45,16 +45,7 @@ async fn metrics_count_requests_by_route_and_status() {
     app.get("/products", None).await;
     app.get(&format!("/products/{}", uuid::Uuid::now_v7()), None)
         .await;
-    let reply = app
-        .raw(reqwest::Method::GET, "/metrics", None, &[], None)
-        .await;
-    assert_eq!(reply.status, 200);
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains(
             r#"orderly_http_requests_total{method="GET",route="/products",status="200"} 1"#
@@ -80,12 +71,7 @@ async fn metrics_count_requests_by_route_and_status() {
             .await
             .assert_problem(405, "method_not_allowed");
     }
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains(r#"method="OTHER",route="/products",status="405"} 3"#),
         "{text}"

@@ -48,38 +48,19 @@ async fn record_then_crash(app: &TestApp, product: Uuid, delta: i64) -> PendingA
 async fn adjustments_move_stock_and_refuse_to_go_below_zero() {
     let app = spawn_app().await;
     let product = app.create_product(100, 10).await;
-    let path = format!("/products/{product}/stock-adjustments");
 
-    let up = app
-        .post(
-            &path,
-            app.admin(),
-            &json!({"delta": 5, "reason": "restock"}),
-        )
-        .await;
+    let up = app.adjust_stock(product, 5, "restock").await;
     assert_eq!(up.status, 200, "{}", up.body);
     assert_eq!(
         up.body,
         json!({"product_id": product.to_string(), "stock": 15, "on_hand": 15})
     );
 
-    let down = app
-        .post(
-            &path,
-            app.admin(),
-            &json!({"delta": -15, "reason": "damage"}),
-        )
-        .await;
+    let down = app.adjust_stock(product, -15, "damage").await;
     assert_eq!(down.body["stock"], 0);
 
     let before = app.snapshot().await;
-    let refused = app
-        .post(
-            &path,
-            app.admin(),
-            &json!({"delta": -1, "reason": "correction"}),
-        )
-        .await;
+    let refused = app.adjust_stock(product, -1, "correction").await;
     refused.assert_problem(409, "insufficient_stock");
     assert_eq!(refused.body["available"], 0);
     // Nothing changed but one expiring Redis marker, which lets a retry get the same answer.
@@ -120,10 +101,8 @@ async fn adjustments_move_stock_and_refuse_to_go_below_zero() {
 async fn concurrent_removals_never_oversell() {
     let app = spawn_app().await;
     let product = app.create_product(100, 25).await;
-    let path = format!("/products/{product}/stock-adjustments");
-    let body = json!({"delta": -1, "reason": "damage"});
     let replies =
-        futures::future::join_all((0..60).map(|_| app.post(&path, app.admin(), &body))).await;
+        futures::future::join_all((0..60).map(|_| app.adjust_stock(product, -1, "damage"))).await;
     let ok = replies.iter().filter(|r| r.status == 200).count();
     let refused = replies.iter().filter(|r| r.status == 409).count();
     assert_eq!((ok, refused), (25, 35));
@@ -184,14 +163,7 @@ async fn the_next_adjustment_settles_what_a_crash_left_pending_first() {
 
     // A removal of 4 is applied after it in Redis, so it settles after it too: on hand goes
     // 0 → 5 → 1, never through -4.
-    let path = format!("/products/{product}/stock-adjustments");
-    let reply = app
-        .post(
-            &path,
-            app.admin(),
-            &json!({"delta": -4, "reason": "damage"}),
-        )
-        .await;
+    let reply = app.adjust_stock(product, -4, "damage").await;
     assert_eq!(
         reply.body,
         json!({"product_id": product.to_string(), "stock": 1, "on_hand": 1})
@@ -255,14 +227,7 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    let path = format!("/products/{product}/stock-adjustments");
-    let reply = app
-        .post(
-            &path,
-            app.admin(),
-            &json!({"delta": 2, "reason": "restock"}),
-        )
-        .await;
+    let reply = app.adjust_stock(product, 2, "restock").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body["stock"], 3);
 }
