@@ -169,8 +169,8 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     }
 }
 
-/// An `Idempotency-Key` header: 1..255 visible ASCII characters. Required where it is extracted
-/// as `IdempotencyKey`, optional as `Option<IdempotencyKey>`.
+/// An optional `Idempotency-Key` header (`Option<IdempotencyKey>`): 1..255 visible ASCII
+/// characters.
 pub struct IdempotencyKey(pub String);
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -189,14 +189,6 @@ fn idempotency_key(parts: &Parts) -> Result<Option<IdempotencyKey>, ApiError> {
             "Idempotency-Key",
             "must be 1 to 255 visible ASCII characters",
         ))
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        idempotency_key(parts)?.ok_or_else(|| ApiError::bad_field("Idempotency-Key", "is required"))
     }
 }
 
