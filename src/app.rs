@@ -1,20 +1,23 @@
 //! Assembles stores, services and roles into a running application, and stops it cleanly.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use crate::{
     config::Settings,
     domain::money::Currency,
     http::{self, AppState},
+    messaging::topology::Topology,
     metrics::Metrics,
+    roles::{self, Role, RoleContext},
     seed,
-    services::{
-        Stores, catalog::Catalog, customers::Customers, reviews::Reviews, stock::StockAdjuster,
+    services::{Stores, catalog::Catalog, customers::Customers, orders::Orders, reviews::Reviews},
+    store::{
+        broker::Broker, documents::CatalogDocuments, history::OrderHistory, postgres,
+        stock::StockCounters,
     },
-    store::{broker::Broker, documents::CatalogDocuments, postgres, stock::StockCounters},
 };
 
 /// Connects every store, applying migrations and creating indexes on the way.
@@ -32,6 +35,10 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Stores> {
     docs.ensure_indexes()
         .await
         .context("creating MongoDB indexes")?;
+    OrderHistory::new(docs.database())
+        .ensure_indexes()
+        .await
+        .context("creating MongoDB indexes")?;
     Ok(Stores {
         pg,
         stock,
@@ -40,31 +47,47 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Stores> {
     })
 }
 
-/// The API with its background tasks, bound to its address but not yet serving.
+/// The API and the worker roles run beside it, bound to its address but not yet serving.
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    settings: Settings,
+    settings: Arc<Settings>,
+    roles: Vec<Role>,
 }
 
 impl Application {
+    /// The API with every worker role: `orderly run`.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_roles(settings, Role::ALL.to_vec()).await
+    }
+
+    /// The API with the given worker roles (none for `orderly api`).
+    pub async fn build_with_roles(settings: Settings, roles: Vec<Role>) -> anyhow::Result<Self> {
         let stores = connect(&settings).await?;
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("binding {}", settings.http_addr))?;
+        let metrics = Arc::new(Metrics::default());
+        let policy = role_context(&stores, &settings, &metrics).policy();
         let state = AppState {
             catalog: Catalog::new(stores.clone(), settings.currency.clone()),
             customers: Customers::new(stores.clone(), settings.currency.clone()),
             reviews: Reviews::new(stores.clone()),
-            metrics: Arc::new(Metrics::default()),
+            orders: Orders::new(
+                stores.clone(),
+                settings.currency.clone(),
+                policy,
+                metrics.clone(),
+            ),
+            metrics,
             admin_token: Arc::from(settings.admin_token.as_str()),
             stores,
         };
         Ok(Self {
             listener,
             state,
-            settings,
+            settings: Arc::new(settings),
+            roles,
         })
     }
 
@@ -86,10 +109,15 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let recovery = tokio::spawn(
-            StockAdjuster::new(self.state.stores.clone())
-                .run_recovery(self.settings.stock_recovery_interval, stop_rx.clone()),
+        let mut tasks = JoinSet::new();
+        tasks.spawn(
+            self.state
+                .orders
+                .clone()
+                .run_settlement_listener(stop_rx.clone()),
         );
+        let context = role_context(&self.state.stores, &self.settings, &self.state.metrics);
+        roles::spawn(context, &self.roles, stop_rx.clone(), &mut tasks);
         let broker = self.state.stores.broker.clone();
         let router = http::router(self.state, self.settings.body_limit_bytes);
         tracing::info!(addr = %self.listener.local_addr()?, "orderly is serving");
@@ -111,17 +139,57 @@ impl Application {
                 Ok(())
             }
         };
-        let _ = recovery.await;
+        drain(tasks, grace).await;
         broker.close().await;
         tracing::info!("stopped");
         outcome
     }
 }
 
-/// `orderly run` / `orderly api`: serve until SIGINT or SIGTERM.
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    tracing::info!(settings = ?settings, "starting");
-    Application::build(settings)
+fn role_context(stores: &Stores, settings: &Settings, metrics: &Arc<Metrics>) -> RoleContext {
+    RoleContext {
+        stores: stores.clone(),
+        topology: Topology::new(&settings.amqp_prefix),
+        metrics: metrics.clone(),
+        settings: Arc::new(settings.clone()),
+    }
+}
+
+/// Waits for the roles to finish the messages they hold, up to `grace`.
+async fn drain(mut tasks: JoinSet<()>, grace: Duration) {
+    let all = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, all).await.is_err() {
+        tracing::warn!("grace period over; abandoning work in flight (it will be redelivered)");
+    }
+}
+
+/// `orderly worker --roles …`: runs worker roles without the API until SIGINT or SIGTERM, then
+/// stops taking messages and finishes those in flight.
+pub async fn work(settings: Settings, roles: Vec<Role>) -> anyhow::Result<()> {
+    tracing::info!(settings = ?settings, roles = ?roles, "starting worker");
+    let stores = connect(&settings).await?;
+    let metrics = Arc::new(Metrics::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    roles::spawn(
+        role_context(&stores, &settings, &metrics),
+        &roles,
+        stop_rx,
+        &mut tasks,
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing messages in flight");
+    let _ = stop_tx.send(true);
+    drain(tasks, settings.shutdown_grace).await;
+    stores.broker.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `orderly run` / `orderly api`: serve (with `roles` beside the API) until SIGINT or SIGTERM.
+pub async fn serve(settings: Settings, roles: Vec<Role>) -> anyhow::Result<()> {
+    tracing::info!(settings = ?settings, roles = ?roles, "starting");
+    Application::build_with_roles(settings, roles)
         .await?
         .run_until_stopped(shutdown_signal())
         .await

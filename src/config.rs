@@ -23,6 +23,20 @@ pub struct Settings {
     pub mongodb_url: String,
     pub mongodb_database: String,
     pub amqp_url: String,
+    /// Prefix of every exchange and queue name; tests give each app its own.
+    pub amqp_prefix: String,
+    /// Messages each consumer may hold unacked at once.
+    pub prefetch: u16,
+    /// How long a saga step may take before its command is sent again (doubling per retry).
+    pub step_timeout: Duration,
+    /// Attempts of a checkout step before the saga gives up with `timed_out`.
+    pub step_max_attempts: u32,
+    /// How often the orchestrator looks for sagas past their deadline.
+    pub sweep_interval: Duration,
+    /// Outbox rows the relay publishes per transaction.
+    pub relay_batch: i64,
+    /// How often the relay polls the outbox when no notification woke it.
+    pub relay_poll_interval: Duration,
     pub admin_token: String,
     pub dev_mode: bool,
     pub log_format: LogFormat,
@@ -45,6 +59,7 @@ impl std::fmt::Debug for Settings {
             .field("mongodb_url", &redact_url(&self.mongodb_url))
             .field("mongodb_database", &self.mongodb_database)
             .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("amqp_prefix", &self.amqp_prefix)
             .field("admin_token", &"<redacted>")
             .field("dev_mode", &self.dev_mode)
             .field("log_format", &self.log_format)
@@ -116,6 +131,13 @@ impl Settings {
             mongodb_url: get("ORDERLY_MONGODB_URL", "mongodb://127.0.0.1:27017"),
             mongodb_database: get("ORDERLY_MONGODB_DATABASE", "orderly"),
             amqp_url: get("ORDERLY_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            amqp_prefix: get("ORDERLY_AMQP_PREFIX", "orderly"),
+            prefetch: parse(vars, "ORDERLY_PREFETCH", 64)?,
+            step_timeout: Duration::from_millis(parse(vars, "ORDERLY_STEP_TIMEOUT_MS", 10_000)?),
+            step_max_attempts: parse(vars, "ORDERLY_STEP_MAX_ATTEMPTS", 3)?,
+            sweep_interval: Duration::from_millis(parse(vars, "ORDERLY_SWEEP_INTERVAL_MS", 1_000)?),
+            relay_batch: parse(vars, "ORDERLY_RELAY_BATCH", 500)?,
+            relay_poll_interval: Duration::from_millis(parse(vars, "ORDERLY_RELAY_POLL_MS", 500)?),
             admin_token,
             dev_mode,
             log_format,

@@ -4,13 +4,17 @@
 //! - [`store`]: narrow adapters over Postgres, Redis (Lua), MongoDB and RabbitMQ.
 //! - [`services`]: the use cases, each joining the stores it needs.
 //! - [`http`]: the axum edge; errors become `problem+json` there.
+//! - [`messaging`]: RabbitMQ envelope, topology, confirming publisher, shared consumer loop.
+//! - [`roles`]: the worker roles (relay, orchestrator, inventory, payments, history).
 //! - [`app`]: wiring, background tasks and graceful shutdown.
 
 pub mod app;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod messaging;
 pub mod metrics;
+pub mod roles;
 pub mod seed;
 pub mod services;
 pub mod store;

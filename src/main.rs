@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use orderly::{app, config::Settings, telemetry};
+use orderly::{app, config::Settings, roles::Role, telemetry};
 
 /// orderly: a concurrency-safe order processing engine.
 #[derive(Parser)]
@@ -11,10 +11,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every role in one process (today: the HTTP API and its background tasks).
+    /// Run every role in one process: the HTTP API and all worker roles.
     Run,
-    /// Run only the HTTP API.
+    /// Run only the HTTP API (run the worker roles with `orderly worker`).
     Api,
+    /// Run worker roles without the API; any number of copies may run side by side.
+    Worker {
+        /// Comma-separated roles: relay, orchestrator, inventory, payments, history.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "relay,orchestrator,inventory,payments,history"
+        )]
+        roles: Vec<Role>,
+    },
     /// Apply the Postgres migrations (creating the database if needed) and exit.
     Migrate,
     /// Load the demo catalog and demo customer (idempotent) and print the demo credentials.
@@ -27,7 +37,9 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(settings.log_format, &settings.log_filter);
     match cli.command {
-        Command::Run | Command::Api => app::serve(settings).await,
+        Command::Run => app::serve(settings, Role::ALL.to_vec()).await,
+        Command::Api => app::serve(settings, Vec::new()).await,
+        Command::Worker { roles } => app::work(settings, roles).await,
         Command::Migrate => app::migrate(&settings).await,
         Command::Seed => app::seed(&settings).await,
     }

@@ -3,7 +3,7 @@
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -14,10 +14,44 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SagaLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub kind: &'static str,
+    /// The order's status when the saga ended.
+    pub outcome: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub step: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_latency: Family<HttpLabels, Histogram>,
+    pub sagas_started: Family<SagaLabels, Counter>,
+    pub sagas_finished: Family<OutcomeLabels, Counter>,
+    pub saga_duration: Family<OutcomeLabels, Histogram>,
+    pub step_retries: Family<StepLabels, Counter>,
+    pub stale_replies: Counter,
+    /// Rows waiting in the outbox, as of the last scrape or relay pass.
+    pub outbox_backlog: Gauge,
+    pub messages_consumed: Family<QueueLabels, Counter>,
+    pub messages_redelivered: Family<QueueLabels, Counter>,
+    pub messages_retried: Family<QueueLabels, Counter>,
+    pub messages_dead_lettered: Family<QueueLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -40,10 +74,86 @@ impl Default for Metrics {
             "Time to answer an HTTP request, by route and status",
             http_latency.clone(),
         );
+        let sagas_started = Family::<SagaLabels, Counter>::default();
+        registry.register(
+            "sagas_started",
+            "Sagas started, by kind",
+            sagas_started.clone(),
+        );
+        let sagas_finished = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "sagas_finished",
+            "Sagas ended, by kind, the order's outcome and its reason",
+            sagas_finished.clone(),
+        );
+        let saga_duration = Family::<OutcomeLabels, Histogram>::new_with_constructor(|| {
+            // 1 ms to ~65 s: from a few milliseconds when all is well to the step deadlines.
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.001, 2.0, 17,
+            ))
+        });
+        registry.register(
+            "saga_duration_seconds",
+            "Time from a saga's start to its end",
+            saga_duration.clone(),
+        );
+        let step_retries = Family::<StepLabels, Counter>::default();
+        registry.register(
+            "saga_step_retries",
+            "Step commands sent again after their deadline passed",
+            step_retries.clone(),
+        );
+        let stale_replies = Counter::default();
+        registry.register(
+            "saga_stale_replies",
+            "Replies recorded and ignored because their step was no longer in flight",
+            stale_replies.clone(),
+        );
+        let outbox_backlog = Gauge::default();
+        registry.register(
+            "outbox_backlog",
+            "Messages in the outbox not yet confirmed by RabbitMQ",
+            outbox_backlog.clone(),
+        );
+        let messages = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<QueueLabels, Counter>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let messages_consumed = messages(
+            &mut registry,
+            "messages_consumed",
+            "Messages delivered to a consumer, by queue",
+        );
+        let messages_redelivered = messages(
+            &mut registry,
+            "messages_redelivered",
+            "Deliveries RabbitMQ flagged as redelivered, by queue",
+        );
+        let messages_retried = messages(
+            &mut registry,
+            "messages_retried",
+            "Messages sent to a delay queue after a transient failure, by queue",
+        );
+        let messages_dead_lettered = messages(
+            &mut registry,
+            "messages_dead_lettered",
+            "Messages moved to a dead-letter queue, by queue",
+        );
         Self {
             registry,
             http_requests,
             http_latency,
+            sagas_started,
+            sagas_finished,
+            saga_duration,
+            step_retries,
+            stale_replies,
+            outbox_backlog,
+            messages_consumed,
+            messages_redelivered,
+            messages_retried,
+            messages_dead_lettered,
         }
     }
 }

@@ -5,8 +5,10 @@
 
 pub mod customer;
 pub mod money;
+pub mod order;
 pub mod product;
 pub mod review;
+pub mod saga;
 pub mod stock;
 pub mod version;
 

@@ -28,6 +28,7 @@ pub enum ApiError {
     NotFound(String),
     MethodNotAllowed,
     Conflict(String),
+    InvalidTransition(String),
     InsufficientStock {
         available: i64,
     },
@@ -95,7 +96,7 @@ pub enum Problems {
     MethodNotAllowed(Problem),
     #[response(
         status = 409,
-        description = "conflict or insufficient_stock",
+        description = "conflict, insufficient_stock or invalid_transition",
         content_type = "application/problem+json"
     )]
     Conflict(Problem),
@@ -223,6 +224,12 @@ impl ApiError {
                 "this resource does not support that method".into(),
             ),
             Conflict(detail) => (StatusCode::CONFLICT, "conflict", "Conflict", detail.clone()),
+            InvalidTransition(detail) => (
+                StatusCode::CONFLICT,
+                "invalid_transition",
+                "Invalid transition",
+                detail.clone(),
+            ),
             InsufficientStock { available } => (
                 StatusCode::CONFLICT,
                 "insufficient_stock",
@@ -268,6 +275,7 @@ impl From<ServiceError> for ApiError {
         match e {
             ServiceError::NotFound(what) => Self::NotFound(format!("no such {what}")),
             ServiceError::Conflict(detail) => Self::Conflict(detail),
+            ServiceError::InvalidTransition(detail) => Self::InvalidTransition(detail),
             ServiceError::VersionMismatch { current } => Self::VersionMismatch { current },
             ServiceError::IdempotencyKeyReused => Self::IdempotencyKeyReused,
             ServiceError::InsufficientStock { available } => Self::InsufficientStock { available },

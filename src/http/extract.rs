@@ -200,6 +200,23 @@ impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for IdempotencyK
     }
 }
 
+/// A required `Idempotency-Key` header: missing → `400`.
+pub struct RequiredIdempotencyKey(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequiredIdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        match idempotency_key(parts)? {
+            Some(IdempotencyKey(key)) => Ok(Self(key)),
+            None => Err(ApiError::bad_field(
+                "Idempotency-Key",
+                "this request requires an Idempotency-Key header",
+            )),
+        }
+    }
+}
+
 /// The ETag of a resource at `version`.
 pub fn etag(version: i64) -> [(header::HeaderName, String); 1] {
     [(header::ETAG, format!("\"{version}\""))]

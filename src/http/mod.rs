@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod ops;
+pub mod orders;
 pub mod page;
 pub mod products;
 pub mod reviews;
@@ -23,7 +24,7 @@ use tracing::Instrument;
 
 use crate::{
     metrics::Metrics,
-    services::{Stores, catalog::Catalog, customers::Customers, reviews::Reviews},
+    services::{Stores, catalog::Catalog, customers::Customers, orders::Orders, reviews::Reviews},
 };
 use error::ApiError;
 
@@ -34,6 +35,7 @@ pub struct AppState {
     pub catalog: Catalog,
     pub customers: Customers,
     pub reviews: Reviews,
+    pub orders: Orders,
     pub metrics: Arc<Metrics>,
     pub admin_token: Arc<str>,
 }
@@ -61,6 +63,14 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             "/products/{id}/reviews",
             get(reviews::list_reviews).post(reviews::create_review),
         )
+        .route(
+            "/orders",
+            get(orders::list_orders).post(orders::place_order),
+        )
+        .route("/orders/{id}", get(orders::get_order))
+        .route("/orders/{id}/cancel", post(orders::cancel_order))
+        .route("/orders/{id}/history", get(orders::order_history))
+        .route("/sagas/{id}", get(orders::get_saga))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -5,7 +5,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{customers, error, ops, products, reviews};
+use super::{customers, error, ops, orders, products, reviews};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,8 @@ use super::{customers, error, ops, products, reviews};
         products::list_products, products::get_product, products::create_product,
         products::update_product, products::delete_product, products::adjust_stock,
         reviews::create_review, reviews::list_reviews,
+        orders::place_order, orders::get_order, orders::list_orders, orders::cancel_order,
+        orders::order_history, orders::get_saga,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     components(schemas(error::Problem, error::ProblemField)),

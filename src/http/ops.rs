@@ -62,6 +62,16 @@ async fn probe<E: std::fmt::Display>(check: impl Future<Output = Result<(), E>>)
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // The backlog is shared by every relay, so it is read from Postgres at scrape time. If
+    // Postgres does not answer, the last value stays: the scrape itself must not fail.
+    if let Ok(Ok(backlog)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        crate::store::postgres::outbox::backlog(&state.stores.pg),
+    )
+    .await
+    {
+        state.metrics.outbox_backlog.set(backlog);
+    }
     (
         [(
             header::CONTENT_TYPE,

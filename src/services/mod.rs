@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod customers;
+pub mod orders;
 pub mod page;
 pub mod reviews;
 pub mod stock;
@@ -33,6 +34,9 @@ pub enum ServiceError {
     Conflict(String),
     #[error("the resource is at version {current}")]
     VersionMismatch { current: i64 },
+    /// The resource is in a state that does not allow the change (a second cancel).
+    #[error("{0}")]
+    InvalidTransition(String),
     #[error("this idempotency key was used with a different request")]
     IdempotencyKeyReused,
     #[error("only {available} units are available")]

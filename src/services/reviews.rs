@@ -5,7 +5,10 @@ use mongodb::bson;
 use uuid::Uuid;
 
 use super::{ServiceError, Stores, page::Page};
-use crate::store::{documents::ReviewDoc, postgres::products};
+use crate::store::{
+    documents::ReviewDoc,
+    postgres::{orders, products},
+};
 
 #[derive(Clone)]
 pub struct Reviews {
@@ -25,14 +28,15 @@ impl Reviews {
         comment: String,
     ) -> Result<ReviewDoc, ServiceError> {
         self.ensure_live(product_id).await?;
+        let verified_purchase =
+            orders::has_confirmed_purchase(&self.stores.pg, customer_id, product_id).await?;
         let review = ReviewDoc {
             id: Uuid::now_v7().to_string(),
             product_id: product_id.to_string(),
             customer_id: customer_id.to_string(),
             rating: i32::from(rating),
             comment,
-            // Becomes real with orders: true when the customer has a confirmed order of it.
-            verified_purchase: false,
+            verified_purchase,
             created_at: bson::DateTime::from_millis(Utc::now().timestamp_millis()),
         };
         self.stores.docs.insert_review(&review).await?;

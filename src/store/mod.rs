@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod documents;
+pub mod history;
 pub mod postgres;
 pub mod stock;
 

@@ -18,11 +18,26 @@ pub enum AdjustOutcome {
     Refused { available: i64 },
 }
 
+/// What `reserve.lua` did with an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    Reserved,
+    /// Line `line` (0-based) wanted more than `available`; nothing was reserved.
+    Short {
+        line: usize,
+        available: i64,
+    },
+    /// The order was released before this reserve arrived.
+    Tombstoned,
+}
+
 #[derive(Clone)]
 pub struct StockCounters {
     redis: ConnectionManager,
     prefix: String,
     adjust: Script,
+    reserve: Script,
+    release: Script,
 }
 
 impl StockCounters {
@@ -33,6 +48,8 @@ impl StockCounters {
             redis,
             prefix: prefix.to_owned(),
             adjust: Script::new(include_str!("../../lua/adjust.lua")),
+            reserve: Script::new(include_str!("../../lua/reserve.lua")),
+            release: Script::new(include_str!("../../lua/release.lua")),
         })
     }
 
@@ -40,6 +57,70 @@ impl StockCounters {
     /// of one product lands in one slot, so one script may touch them all.
     pub fn available_key(&self, product_id: Uuid) -> String {
         format!("{}stock:{{{product_id}}}:available", self.prefix)
+    }
+
+    /// `{prefix}stock:{<product>}:held`: units held by live reservations.
+    pub fn held_key(&self, product_id: Uuid) -> String {
+        format!("{}stock:{{{product_id}}}:held", self.prefix)
+    }
+
+    /// `{prefix}reservation:{<order>}`: what the order holds, and whether it still does.
+    pub fn reservation_key(&self, order_id: Uuid) -> String {
+        format!("{}reservation:{{{order_id}}}", self.prefix)
+    }
+
+    /// Runs `reserve.lua` for an order's `(product, quantity)` lines.
+    pub async fn reserve(
+        &self,
+        order_id: Uuid,
+        lines: &[(Uuid, i64)],
+    ) -> Result<ReserveOutcome, StoreError> {
+        let mut invocation = self.reserve.key(self.reservation_key(order_id));
+        for &(product, quantity) in lines {
+            invocation
+                .key(self.available_key(product))
+                .key(self.held_key(product))
+                .arg(quantity);
+        }
+        for &(product, _) in lines {
+            invocation.arg(product.to_string());
+        }
+        let (outcome, line, available): (i64, i64, i64) =
+            invocation.invoke_async(&mut self.redis.clone()).await?;
+        Ok(match outcome {
+            1 => ReserveOutcome::Reserved,
+            2 => ReserveOutcome::Tombstoned,
+            _ => ReserveOutcome::Short {
+                line: usize::try_from(line - 1).unwrap_or_default(),
+                available,
+            },
+        })
+    }
+
+    /// Runs `release.lua`; `true` when this call gave stock back.
+    pub async fn release(&self, order_id: Uuid, products: &[Uuid]) -> Result<bool, StoreError> {
+        let mut invocation = self.release.key(self.reservation_key(order_id));
+        for &product in products {
+            invocation
+                .key(self.available_key(product))
+                .key(self.held_key(product))
+                .arg(product.to_string());
+        }
+        let gave_back: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
+        Ok(gave_back == 1)
+    }
+
+    /// Units held by live reservations, per product, in the order given.
+    pub async fn held(&self, product_ids: &[Uuid]) -> Result<Vec<i64>, StoreError> {
+        if product_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = product_ids.iter().map(|&id| self.held_key(id)).collect();
+        let values: Vec<Option<i64>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(values.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     fn adjustment_key(&self, product_id: Uuid, adjustment_id: Uuid) -> String {

@@ -120,6 +120,26 @@ async fn endpoints(app: &TestApp) -> Vec<Endpoint> {
         },
         Endpoint {
             method: Method::POST,
+            path: "/orders".into(),
+            bad_id_path: None,
+            token: customer_token.clone(),
+            required: vec!["items"],
+            valid: json!({"items": [{"product_id": product, "quantity": 1}]}),
+            wrong_types: vec![("items", json!("all of them")), ("items", json!({"a": 1}))],
+            bad_values: vec![
+                ("items", json!([])),
+                (
+                    "items",
+                    Value::Array(
+                        (0..51)
+                            .map(|_| json!({"product_id": uuid::Uuid::new_v4(), "quantity": 1}))
+                            .collect(),
+                    ),
+                ),
+            ],
+        },
+        Endpoint {
+            method: Method::POST,
             path: format!("/products/{product}/reviews"),
             bad_id_path: Some(format!("/products/{}x/reviews", &product.to_string()[..8])),
             token: customer_token,

@@ -5,10 +5,17 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use futures::TryStreamExt;
 use mongodb::bson::doc;
-use orderly::{app::Application, config::Settings, services::Stores};
+use orderly::{
+    app::Application,
+    config::Settings,
+    messaging::topology::Topology,
+    metrics::Metrics,
+    roles::{Role, RoleContext},
+    services::Stores,
+};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 pub struct TestApp {
@@ -18,6 +25,7 @@ pub struct TestApp {
     pub settings: Settings,
     client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
+    workers: Option<watch::Sender<bool>>,
     db_name: String,
 }
 
@@ -84,6 +92,9 @@ pub fn test_settings(overrides: &[(&str, &str)]) -> (Settings, String) {
         ("ORDERLY_REDIS_PREFIX", format!("orderly_t:{id}:")),
         ("ORDERLY_MONGODB_DATABASE", db_name.clone()),
         ("ORDERLY_STOCK_RECOVERY_SECS", "3600".to_owned()),
+        ("ORDERLY_AMQP_PREFIX", format!("orderly_t.{id}")),
+        ("ORDERLY_SWEEP_INTERVAL_MS", "200".to_owned()),
+        ("ORDERLY_RELAY_POLL_MS", "200".to_owned()),
     ] {
         vars.insert(name.to_owned(), value);
     }
@@ -113,8 +124,13 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_with_roles(overrides, &Role::ALL).await
+}
+
+/// An app running only some worker roles beside its API, so a test can hold a saga at a step.
+pub async fn spawn_app_with_roles(overrides: &[(&str, &str)], roles: &[Role]) -> TestApp {
     let (settings, db_name) = test_settings(overrides);
-    let app = Application::build(settings.clone())
+    let app = Application::build_with_roles(settings.clone(), roles.to_vec())
         .await
         .expect("app builds");
     let addr = app.local_addr();
@@ -130,11 +146,28 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         settings,
         client: reqwest::Client::new(),
         shutdown: Some(tx),
+        workers: None,
         db_name,
     }
 }
 
 impl TestApp {
+    /// Starts more worker roles on this app's stores, as another process would; they stop with
+    /// the app.
+    pub fn start_workers(&mut self, roles: &[Role]) {
+        let (stop, stopped) = watch::channel(false);
+        let context = RoleContext {
+            stores: self.stores.clone(),
+            topology: Topology::new(&self.settings.amqp_prefix),
+            metrics: std::sync::Arc::new(Metrics::default()),
+            settings: std::sync::Arc::new(self.settings.clone()),
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        orderly::roles::spawn(context, roles, stopped, &mut tasks);
+        tokio::spawn(async move { while tasks.join_next().await.is_some() {} });
+        self.workers = Some(stop);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -201,7 +234,7 @@ impl TestApp {
         content_type: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Reply {
-        let mut headers = vec![("if-match", "\"1\"")];
+        let mut headers = vec![("if-match", "\"1\""), ("idempotency-key", "bad-input")];
         if let Some(content_type) = content_type {
             headers.push(("content-type", content_type));
         }
@@ -281,6 +314,66 @@ impl TestApp {
         reply.body["id"].as_str().unwrap().parse().unwrap()
     }
 
+    /// `POST /orders` as a customer, with an idempotency key, for `(product, quantity)` lines.
+    pub async fn place_order(&self, token: &str, key: &str, lines: &[(Uuid, i64)]) -> Reply {
+        let items: Vec<Value> = lines
+            .iter()
+            .map(|(p, q)| json!({"product_id": p, "quantity": q}))
+            .collect();
+        self.raw(
+            Method::POST,
+            "/orders",
+            Some(token),
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", key),
+            ],
+            Some(json!({ "items": items }).to_string().into_bytes()),
+        )
+        .await
+    }
+
+    /// The order once it has left `pending` (waiting up to 30 s), as the admin sees it.
+    pub async fn settled_order(&self, order_id: &str) -> Value {
+        let reply = self
+            .get(&format!("/orders/{order_id}?wait=30"), self.admin())
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_ne!(reply.body["status"], "pending", "{}", reply.body);
+        reply.body
+    }
+
+    /// The order once `done` holds for it, polling (for states `?wait=` does not wait for).
+    pub async fn order_when(&self, order_id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..300 {
+            let reply = self.get(&format!("/orders/{order_id}"), self.admin()).await;
+            if done(&reply.body) {
+                return reply.body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("order {order_id} never reached the expected state");
+    }
+
+    /// A customer's wallet balance.
+    pub async fn balance(&self, customer: Uuid) -> i64 {
+        let reply = self
+            .get(&format!("/customers/{customer}"), self.admin())
+            .await;
+        reply.body["balance_minor"].as_i64().unwrap()
+    }
+
+    /// What the catalog says is available (Redis).
+    pub async fn available(&self, product: Uuid) -> i64 {
+        let reply = self.get(&format!("/products/{product}"), None).await;
+        reply.body["stock"].as_i64().unwrap()
+    }
+
+    /// Units held by live reservations (Redis).
+    pub async fn held(&self, product: Uuid) -> i64 {
+        self.stores.stock.held(&[product]).await.unwrap()[0]
+    }
+
     /// Every row, key and document this app's stores hold, as one comparable value: a request
     /// that must change nothing leaves this exactly as it was.
     pub async fn snapshot(&self) -> Value {
@@ -292,6 +385,14 @@ impl TestApp {
             "deposits",
             "stock_levels",
             "stock_adjustments",
+            "orders",
+            "order_items",
+            "sagas",
+            "saga_log",
+            "idempotency_keys",
+            "outbox",
+            "inbox",
+            "payments",
         ];
         let mut postgres = serde_json::Map::new();
         for table in tables {
@@ -315,11 +416,25 @@ impl TestApp {
             .unwrap();
         let mut redis_state = std::collections::BTreeMap::new();
         for key in keys {
-            let value: Option<String> = redis::cmd("GET")
+            let kind: String = redis::cmd("TYPE")
                 .arg(&key)
                 .query_async(&mut redis)
                 .await
                 .unwrap();
+            let value = if kind == "hash" {
+                let fields: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                Some(format!("{fields:?}"))
+            } else {
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async::<Option<String>>(&mut redis)
+                    .await
+                    .unwrap()
+            };
             redis_state.insert(key, value);
         }
 
@@ -346,10 +461,15 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        if let Some(stop) = self.workers.take() {
+            let _ = stop.send(true);
+        }
         let db_name = self.db_name.clone();
         let prefix = self.settings.redis_prefix.clone();
         let redis_url = self.settings.redis_url.clone();
         let mongodb_url = self.settings.mongodb_url.clone();
+        let amqp_url = self.settings.amqp_url.clone();
+        let topology = Topology::new(&self.settings.amqp_prefix);
         // Drop cannot await; clean up on a runtime of our own, on a thread of our own.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -379,6 +499,12 @@ impl Drop for TestApp {
                         let _: Result<(), _> =
                             redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
                     }
+                }
+                if let Ok(connection) = orderly::messaging::connect(&amqp_url, "test-cleanup").await
+                    && let Ok(channel) = connection.create_channel().await
+                {
+                    let _ = topology.delete(&channel).await;
+                    let _ = connection.close(200, "cleaned up").await;
                 }
                 // A client of this runtime's own: the app's belongs to the test's runtime.
                 if let Ok(client) = mongodb::Client::with_uri_str(&mongodb_url).await {

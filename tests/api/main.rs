@@ -6,6 +6,7 @@ mod bad_input;
 mod customers;
 mod helpers;
 mod ops;
+mod orders;
 mod products;
 mod reviews;
 mod seed;

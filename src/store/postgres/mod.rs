@@ -1,7 +1,12 @@
 //! Postgres: the pool, migrations, and one module per table group.
 
 pub mod customers;
+pub mod inbox;
+pub mod orders;
+pub mod outbox;
+pub mod payments;
 pub mod products;
+pub mod sagas;
 pub mod stock_ledger;
 
 use std::time::Duration;

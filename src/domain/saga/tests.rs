@@ -1,0 +1,410 @@
+//! The saga against a model of its participants and of an unreliable network.
+//!
+//! Participants follow the same rules as `reserve.lua`/`release.lua` and the payments role:
+//! first outcome wins per order, and an undo that arrives first leaves a tombstone. The network
+//! delivers in any order, duplicates and loses messages; the customer may cancel at any moment;
+//! deadlines fire whenever the test says so. Whatever happens, once the network is drained every
+//! saga has ended, stock and money are conserved, and the order's status agrees with them.
+
+use chrono::TimeZone;
+use proptest::prelude::*;
+
+use super::*;
+
+const STOCK: i64 = 5;
+const BALANCE: i64 = 1_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    None,
+    Reserved,
+    Rejected,
+    Released,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Paid {
+    None,
+    Charged,
+    Declined,
+    Voided,
+    Refunded,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Message {
+    /// A command from saga `.0` (0 = checkout, 1 = cancellation) to a participant.
+    Command(usize, Action),
+    Reply(usize, Reply),
+    Cancel,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Deliver(usize),
+    Duplicate(usize),
+    Lose(usize),
+    Cancel,
+    Tick,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => any::<usize>().prop_map(Op::Deliver),
+        2 => any::<usize>().prop_map(Op::Duplicate),
+        1 => any::<usize>().prop_map(Op::Lose),
+        1 => Just(Op::Cancel),
+        1 => Just(Op::Tick),
+    ]
+}
+
+struct World {
+    policy: Policy,
+    now: DateTime<Utc>,
+    sagas: Vec<Saga>,
+    order: OrderChange,
+    cancel_sent: bool,
+    network: Vec<Message>,
+    quantity: i64,
+    total: i64,
+    available: i64,
+    held: Held,
+    balance: i64,
+    paid: Paid,
+}
+
+impl World {
+    fn new(quantity: i64, total: i64) -> Self {
+        let policy = Policy::default();
+        let now = Utc.with_ymd_and_hms(2026, 11, 21, 0, 0, 0).unwrap();
+        let (saga, t) = Saga::checkout(now, &policy);
+        let mut world = Self {
+            policy,
+            now,
+            sagas: vec![saga],
+            order: OrderChange {
+                status: OrderStatus::Pending,
+                reason: None,
+            },
+            cancel_sent: false,
+            network: Vec::new(),
+            quantity,
+            total,
+            available: STOCK,
+            held: Held::None,
+            balance: BALANCE,
+            paid: Paid::None,
+        };
+        world.record(0, t);
+        world
+    }
+
+    fn record(&mut self, saga: usize, t: Transition) {
+        for c in &t.commands {
+            self.network.push(Message::Command(saga, c.action));
+        }
+        if let Some(change) = t.order {
+            assert!(
+                !self.order.status.is_final(),
+                "a {:?} order changed again",
+                self.order.status
+            );
+            self.order = change;
+        }
+        if t.start_cancellation {
+            assert_eq!(self.sagas.len(), 1, "a second cancellation saga");
+            let (saga, t) = Saga::cancellation(self.now, &self.policy);
+            self.sagas.push(saga);
+            self.record(1, t);
+        }
+    }
+
+    fn apply(&mut self, saga: usize, event: SagaEvent) {
+        let t = self.sagas[saga].apply(event, self.now, &self.policy);
+        self.record(saga, t);
+    }
+
+    fn participate(&mut self, action: Action) -> Reply {
+        match action {
+            Action::ReserveStock => match self.held {
+                Held::None if self.available >= self.quantity => {
+                    self.available -= self.quantity;
+                    self.held = Held::Reserved;
+                    Reply::StockReserved
+                }
+                Held::None => {
+                    self.held = Held::Rejected;
+                    Reply::StockRejected {
+                        reason: OrderReason::InsufficientStock,
+                    }
+                }
+                Held::Reserved => Reply::StockReserved,
+                Held::Rejected | Held::Released => Reply::StockRejected {
+                    reason: OrderReason::InsufficientStock,
+                },
+            },
+            Action::ReleaseStock => {
+                if self.held == Held::Reserved {
+                    self.available += self.quantity;
+                }
+                self.held = Held::Released;
+                Reply::StockReleased
+            }
+            Action::ChargePayment => match self.paid {
+                Paid::None if self.balance >= self.total => {
+                    self.balance -= self.total;
+                    self.paid = Paid::Charged;
+                    Reply::PaymentCharged
+                }
+                Paid::None => {
+                    self.paid = Paid::Declined;
+                    Reply::PaymentDeclined {
+                        reason: OrderReason::InsufficientFunds,
+                    }
+                }
+                Paid::Charged => Reply::PaymentCharged,
+                Paid::Declined | Paid::Voided | Paid::Refunded => Reply::PaymentDeclined {
+                    reason: OrderReason::InsufficientFunds,
+                },
+            },
+            Action::RefundPayment => {
+                match self.paid {
+                    Paid::Charged => {
+                        self.balance += self.total;
+                        self.paid = Paid::Refunded;
+                    }
+                    Paid::None => self.paid = Paid::Voided,
+                    Paid::Declined | Paid::Voided | Paid::Refunded => {}
+                }
+                Reply::PaymentRefunded
+            }
+        }
+    }
+
+    fn deliver(&mut self, message: Message) {
+        match message {
+            Message::Command(saga, action) => {
+                let reply = self.participate(action);
+                self.network.push(Message::Reply(saga, reply));
+            }
+            Message::Reply(saga, reply) => self.apply(saga, SagaEvent::Reply(reply)),
+            // The orchestrator applies a cancel to the order's newest saga.
+            Message::Cancel => self.apply(self.sagas.len() - 1, SagaEvent::Cancel),
+        }
+    }
+
+    fn tick(&mut self) {
+        self.now += Duration::hours(1);
+        for saga in 0..self.sagas.len() {
+            self.apply(saga, SagaEvent::DeadlinePassed);
+        }
+    }
+
+    fn step(&mut self, op: Op) {
+        let n = self.network.len();
+        match op {
+            Op::Deliver(i) if n > 0 => {
+                let m = self.network.remove(i % n);
+                self.deliver(m);
+            }
+            Op::Duplicate(i) if n > 0 => {
+                let m = self.network[i % n];
+                self.deliver(m);
+            }
+            Op::Lose(i) if n > 0 => {
+                self.network.remove(i % n);
+            }
+            // The API accepts one cancel, and none for an order that has ended.
+            Op::Cancel if !self.cancel_sent && !self.order.status.is_final() => {
+                self.cancel_sent = true;
+                self.network.push(Message::Cancel);
+            }
+            Op::Tick => self.tick(),
+            _ => {}
+        }
+    }
+
+    /// Delivers everything, firing deadlines whenever the network falls quiet, until every saga
+    /// has ended and nothing is in flight.
+    fn drain(&mut self) {
+        for _ in 0..100 {
+            while !self.network.is_empty() {
+                let m = self.network.remove(0);
+                self.deliver(m);
+            }
+            if self.sagas.iter().all(|s| s.state.is_terminal()) {
+                return;
+            }
+            self.tick();
+        }
+        panic!("the sagas never ended: {:#?}", self.sagas);
+    }
+
+    fn check(&self) {
+        for saga in &self.sagas {
+            assert!(saga.state.is_terminal(), "{saga:#?}");
+            assert!(saga.in_flight().is_none() && saga.deadline.is_none());
+        }
+        let held = if self.held == Held::Reserved {
+            self.quantity
+        } else {
+            0
+        };
+        assert_eq!(self.available + held, STOCK, "stock is conserved");
+        let charged = if self.paid == Paid::Charged {
+            self.total
+        } else {
+            0
+        };
+        assert_eq!(self.balance + charged, BALANCE, "money is conserved");
+        match self.order.status {
+            OrderStatus::Confirmed => {
+                assert_eq!((self.held, self.paid), (Held::Reserved, Paid::Charged));
+                assert!(self.order.reason.is_none());
+            }
+            OrderStatus::Rejected | OrderStatus::Cancelled => {
+                assert_ne!(self.held, Held::Reserved, "a dead order holds stock");
+                assert_ne!(self.paid, Paid::Charged, "a dead order kept the money");
+                assert!(self.order.reason.is_some());
+            }
+            OrderStatus::Pending => panic!("the order is still pending"),
+        }
+        if self.order.status == OrderStatus::Rejected {
+            assert_eq!(
+                self.held,
+                Held::Rejected,
+                "rejected means nothing needed undoing"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn every_saga_ends_with_stock_and_money_conserved(
+        quantity in 1..=7i64,
+        total in 0..=1_500i64,
+        ops in prop::collection::vec(op(), 0..60),
+    ) {
+        let mut world = World::new(quantity, total);
+        for op in ops {
+            world.step(op);
+        }
+        world.drain();
+        world.check();
+        // Whatever is still in flight after the end (duplicates) changes nothing.
+        let late: Vec<_> = world.network.drain(..).collect();
+        for m in late {
+            world.deliver(m);
+        }
+        world.drain();
+        world.check();
+    }
+}
+
+fn reply(world: &mut World, r: Reply) {
+    world.apply(0, SagaEvent::Reply(r));
+}
+
+#[test]
+fn the_happy_path_confirms() {
+    let mut w = World::new(2, 100);
+    w.drain();
+    w.check();
+    assert_eq!(w.order.status, OrderStatus::Confirmed);
+    let steps: Vec<_> = w.sagas[0].steps.iter().map(|s| s.status).collect();
+    assert_eq!(steps, [StepStatus::Succeeded; 3]);
+    assert_eq!(w.sagas[0].state, SagaState::Completed);
+}
+
+#[test]
+fn lack_of_stock_rejects_without_compensation() {
+    let mut w = World::new(STOCK + 1, 100);
+    w.drain();
+    w.check();
+    assert_eq!(w.order.status, OrderStatus::Rejected);
+    assert_eq!(w.order.reason, Some(OrderReason::InsufficientStock));
+    assert_eq!(w.sagas[0].state, SagaState::Failed);
+    let steps: Vec<_> = w.sagas[0].steps.iter().map(|s| s.status).collect();
+    assert_eq!(
+        steps,
+        [StepStatus::Failed, StepStatus::Skipped, StepStatus::Skipped]
+    );
+}
+
+#[test]
+fn a_declined_payment_releases_the_stock() {
+    let mut w = World::new(1, BALANCE + 1);
+    w.drain();
+    w.check();
+    assert_eq!(w.order.status, OrderStatus::Cancelled);
+    assert_eq!(w.order.reason, Some(OrderReason::InsufficientFunds));
+    assert_eq!(w.sagas[0].state, SagaState::Compensated);
+    assert_eq!(w.sagas[0].steps[0].status, StepStatus::Compensated);
+    assert_eq!(w.held, Held::Released);
+}
+
+#[test]
+fn cancelling_a_confirmed_order_runs_a_cancellation_saga() {
+    let mut w = World::new(1, 10);
+    w.drain();
+    w.step(Op::Cancel);
+    w.drain();
+    w.check();
+    assert_eq!(w.order.status, OrderStatus::Cancelled);
+    assert_eq!(w.order.reason, Some(OrderReason::CancelledByCustomer));
+    assert_eq!(w.sagas[1].kind, SagaKind::Cancellation);
+    assert_eq!(w.sagas[1].state, SagaState::Completed);
+    assert_eq!((w.held, w.paid), (Held::Released, Paid::Refunded));
+}
+
+#[test]
+fn a_reply_for_a_step_no_longer_in_flight_is_stale() {
+    let mut w = World::new(1, 10);
+    reply(&mut w, Reply::StockReserved);
+    let before = w.sagas[0].clone();
+    let t = w.sagas[0].apply(SagaEvent::Reply(Reply::StockReserved), w.now, &w.policy);
+    assert!(t.stale && t.commands.is_empty() && t.facts.is_empty());
+    assert_eq!(w.sagas[0], before);
+    let t = w.sagas[0].apply(SagaEvent::Reply(Reply::PaymentRefunded), w.now, &w.policy);
+    assert!(t.stale);
+}
+
+#[test]
+fn deadlines_retry_with_growing_waits_then_time_out() {
+    let policy = Policy::default();
+    let mut now = Utc.with_ymd_and_hms(2026, 11, 21, 0, 0, 0).unwrap();
+    let (mut saga, _) = Saga::checkout(now, &policy);
+    let early = saga.apply(SagaEvent::DeadlinePassed, now, &policy);
+    assert!(early.stale, "a deadline not yet reached");
+    let mut waits = Vec::new();
+    for attempt in 2..=policy.max_attempts {
+        let due = saga.deadline.unwrap();
+        waits.push(due - now);
+        now = due;
+        let t = saga.apply(SagaEvent::DeadlinePassed, now, &policy);
+        assert_eq!(
+            t.commands,
+            [Command {
+                action: Action::ReserveStock,
+                attempt
+            }]
+        );
+        assert_eq!(t.retried, Some(StepName::ReserveStock));
+    }
+    waits.push(saga.deadline.unwrap() - now);
+    assert!(waits.windows(2).all(|w| w[0] < w[1]), "{waits:?}");
+    now = saga.deadline.unwrap();
+    let t = saga.apply(SagaEvent::DeadlinePassed, now, &policy);
+    assert_eq!(saga.reason, Some(OrderReason::TimedOut));
+    assert_eq!(saga.state, SagaState::Compensating);
+    assert_eq!(
+        t.commands,
+        [Command {
+            action: Action::ReleaseStock,
+            attempt: 1
+        }]
+    );
+}

@@ -1,0 +1,346 @@
+//! `/orders` and `/sagas`: checkout, reading orders while their saga runs, cancelling.
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{
+    AppState,
+    auth::{Caller, CustomerCaller},
+    error::{ApiError, Problems},
+    extract::{Id, JsonBody, Query, RequiredIdempotencyKey, etag, validated},
+    page::{self, PageBody},
+};
+use crate::{
+    domain::order::{self, OrderStatus, RequestedLine},
+    messaging::envelope::HistoryEvent,
+    services::orders::{OrderView, Viewer},
+    store::postgres::sagas::SagaRow,
+};
+
+/// The longest `?wait=` honoured, in seconds.
+const MAX_WAIT_SECS: f64 = 30.0;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutBody {
+    /// 1 to 50 lines, no product twice.
+    pub items: Vec<CheckoutLine>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutLine {
+    pub product_id: Uuid,
+    #[schema(minimum = 1, maximum = 1000)]
+    pub quantity: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrderItemBody {
+    pub product_id: Uuid,
+    pub quantity: i32,
+    /// The catalog price when the order was placed.
+    pub price_minor: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StepBody {
+    /// `reserve_stock`, `charge_payment`, `confirm_order` (checkout); `refund_payment`,
+    /// `release_stock`, `cancel_order` (cancellation).
+    pub name: String,
+    /// `pending | running | succeeded | failed | compensating | compensated | skipped`.
+    pub status: String,
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SagaBody {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    /// `checkout | cancellation`.
+    pub kind: String,
+    /// `running | compensating | completed | compensated | failed`.
+    pub state: String,
+    pub steps: Vec<StepBody>,
+    /// When the step in flight is due; null once the saga has ended.
+    pub deadline_at: Option<DateTime<Utc>>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrderBody {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    /// `pending | confirmed | rejected | cancelled`.
+    pub status: String,
+    /// `insufficient_stock | insufficient_funds | cancelled_by_customer | timed_out |
+    /// product_unavailable`, or null.
+    pub reason: Option<String>,
+    pub items: Vec<OrderItemBody>,
+    pub total_minor: i64,
+    pub currency: String,
+    pub version: i64,
+    /// The saga now in charge: the checkout, or the cancellation of a confirmed order.
+    pub saga: SagaBody,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn text<T: Serialize>(value: T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+impl From<SagaRow> for SagaBody {
+    fn from(row: SagaRow) -> Self {
+        let saga = row.saga;
+        Self {
+            id: row.id,
+            order_id: row.order_id,
+            kind: text(saga.kind),
+            state: text(saga.state),
+            steps: saga
+                .steps
+                .into_iter()
+                .map(|s| StepBody {
+                    name: s.name.as_str().to_owned(),
+                    status: text(s.status),
+                    attempts: s.attempts,
+                    compensation_attempts: s.compensation_attempts,
+                    started_at: s.started_at,
+                    finished_at: s.finished_at,
+                    error: s.error,
+                })
+                .collect(),
+            deadline_at: saga.deadline,
+            started_at: saga.started_at,
+            finished_at: saga.finished_at,
+        }
+    }
+}
+
+impl From<OrderView> for OrderBody {
+    fn from(v: OrderView) -> Self {
+        let o = v.order;
+        Self {
+            id: o.id,
+            customer_id: o.customer_id,
+            status: o.status,
+            reason: o.reason,
+            items: v
+                .items
+                .into_iter()
+                .map(|i| OrderItemBody {
+                    product_id: i.product_id,
+                    quantity: i.quantity,
+                    price_minor: i.price_minor,
+                })
+                .collect(),
+            total_minor: o.total_minor,
+            currency: o.currency,
+            version: o.version,
+            saga: v.saga.into(),
+            created_at: o.created_at,
+            updated_at: o.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HistoryEventBody {
+    pub seq: i32,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub data: serde_json::Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HistoryBody {
+    pub order_id: Uuid,
+    /// In order, `seq` contiguous from 1.
+    pub events: Vec<HistoryEventBody>,
+}
+
+impl From<HistoryEvent> for HistoryEventBody {
+    fn from(e: HistoryEvent) -> Self {
+        Self {
+            seq: e.seq,
+            kind: e.kind,
+            at: e.at,
+            data: e.data,
+        }
+    }
+}
+
+fn viewer(caller: Caller) -> Viewer {
+    match caller {
+        Caller::Admin => None,
+        Caller::Customer(id) => Some(id),
+    }
+}
+
+/// Checkout (customer): starts the saga and answers at once with the `pending` order. The same
+/// `Idempotency-Key` with the same lines returns the same order.
+#[utoipa::path(post, path = "/orders", tag = "orders", request_body = CheckoutBody,
+    params(("Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters, scoped to the customer")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = OrderBody, description = "the order was placed; its saga is running"),
+        (status = 200, body = OrderBody, description = "this key was used before with the same lines: that order"),
+        Problems))]
+pub async fn place_order(
+    State(state): State<AppState>,
+    CustomerCaller(customer_id): CustomerCaller,
+    RequiredIdempotencyKey(key): RequiredIdempotencyKey,
+    JsonBody(body): JsonBody<CheckoutBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let requested: Vec<RequestedLine> = body
+        .items
+        .iter()
+        .map(|l| RequestedLine {
+            product_id: l.product_id,
+            quantity: l.quantity,
+        })
+        .collect();
+    let lines = validated(order::lines(&requested))?;
+    let (view, created) = state.orders.checkout(customer_id, &key, &lines).await?;
+    let status = if created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!("/orders/{}", view.order.id);
+    Ok((
+        status,
+        [(header::LOCATION, location)],
+        Json(OrderBody::from(view)),
+    ))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct GetOrderQuery {
+    /// Hold the answer until the order leaves `pending`, for at most this many seconds (≤ 30).
+    #[param(minimum = 0, maximum = 30)]
+    pub wait: Option<f64>,
+}
+
+/// An order (its owner or the admin).
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(Id, GetOrderQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = OrderBody), Problems))]
+pub async fn get_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id,
+    Query(query): Query<GetOrderQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let view = match query.wait {
+        None => state.orders.view(viewer(caller), id).await?,
+        Some(w) if (0.0..=MAX_WAIT_SECS).contains(&w) => {
+            state
+                .orders
+                .view_when_settled(viewer(caller), id, Duration::from_secs_f64(w))
+                .await?
+        }
+        Some(_) => {
+            return Err(ApiError::bad_field(
+                "wait",
+                "must be a number of seconds between 0 and 30",
+            ));
+        }
+    };
+    Ok((etag(view.order.version), Json(OrderBody::from(view))))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ListOrdersQuery {
+    /// `pending | confirmed | rejected | cancelled`.
+    pub status: Option<String>,
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// Orders, newest first: a customer's own, or everyone's for the admin.
+#[utoipa::path(get, path = "/orders", tag = "orders", params(ListOrdersQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = PageBody<OrderBody>), Problems))]
+pub async fn list_orders(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListOrdersQuery>,
+) -> Result<Json<PageBody<OrderBody>>, ApiError> {
+    let (limit, before) = page::params(query.limit, query.cursor.as_deref())?;
+    let status = query
+        .status
+        .as_deref()
+        .map(OrderStatus::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_field("status", e.0))?;
+    let orders = state
+        .orders
+        .list(viewer(caller), status, before, limit)
+        .await?;
+    Ok(Json(PageBody::from_page(orders)))
+}
+
+/// Cancels an order (its owner or the admin). The cancellation runs as compensation: a pending
+/// order's saga stops and undoes what it did; a confirmed order is refunded and restocked.
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", params(Id),
+    security(("bearer" = [])),
+    responses((status = 202, body = OrderBody, description = "the cancellation is under way"), Problems))]
+pub async fn cancel_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id,
+) -> Result<impl IntoResponse, ApiError> {
+    let view = state.orders.cancel(viewer(caller), id).await?;
+    Ok((StatusCode::ACCEPTED, Json(OrderBody::from(view))))
+}
+
+/// The order's history, from MongoDB.
+#[utoipa::path(get, path = "/orders/{id}/history", tag = "orders", params(Id),
+    security(("bearer" = [])),
+    responses((status = 200, body = HistoryBody), Problems))]
+pub async fn order_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id,
+) -> Result<Json<HistoryBody>, ApiError> {
+    let events = state.orders.history(viewer(caller), id).await?;
+    Ok(Json(HistoryBody {
+        order_id: id,
+        events: events.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// A saga (the owner of its order, or the admin).
+#[utoipa::path(get, path = "/sagas/{id}", tag = "orders", params(Id),
+    security(("bearer" = [])),
+    responses((status = 200, body = SagaBody), Problems))]
+pub async fn get_saga(
+    State(state): State<AppState>,
+    caller: Caller,
+    Id(id): Id,
+) -> Result<Json<SagaBody>, ApiError> {
+    let saga = state.orders.saga(viewer(caller), id).await?;
+    Ok(Json(saga.into()))
+}

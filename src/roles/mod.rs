@@ -1,0 +1,224 @@
+//! The worker roles. Each module reads as its job — take a message, do one effect, write the
+//! reply — while decoding, tracing, acks, retries and dead-lettering live once, in
+//! [`crate::messaging::consumer`].
+//!
+//! | role | consumes | effect |
+//! |---|---|---|
+//! | `relay` | the outbox (Postgres) | publishes with confirms, then deletes the rows |
+//! | `orchestrator` | `saga.*` | drives sagas under their version; sweeps deadlines |
+//! | `inventory` | `inventory.*` | `reserve.lua` / `release.lua`; settles stock adjustments |
+//! | `payments` | `payments.*` | wallet debits and refunds, once per order |
+//! | `history` | `history.*` | projects order history into MongoDB |
+
+pub mod history;
+pub mod inventory;
+pub mod orchestrator;
+pub mod payments;
+pub mod relay;
+
+use std::{fmt, str::FromStr, sync::Arc, time::Duration};
+
+use tokio::{sync::watch, task::JoinSet};
+
+use crate::{
+    config::Settings,
+    domain::saga::Policy,
+    messaging::{
+        self,
+        consumer::{self, Handler},
+        envelope::Envelope,
+        topology::{Queue, Topology},
+    },
+    metrics::Metrics,
+    services::Stores,
+    store::postgres::outbox,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Relay,
+    Orchestrator,
+    Inventory,
+    Payments,
+    History,
+}
+
+impl Role {
+    pub const ALL: [Self; 5] = [
+        Self::Relay,
+        Self::Orchestrator,
+        Self::Inventory,
+        Self::Payments,
+        Self::History,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Relay => "relay",
+            Self::Orchestrator => "orchestrator",
+            Self::Inventory => "inventory",
+            Self::Payments => "payments",
+            Self::History => "history",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == raw.trim())
+            .ok_or_else(|| {
+                format!("unknown role {raw:?} (expected relay, orchestrator, inventory, payments or history)")
+            })
+    }
+}
+
+/// What every role needs.
+#[derive(Clone)]
+pub struct RoleContext {
+    pub stores: Stores,
+    pub topology: Topology,
+    pub metrics: Arc<Metrics>,
+    pub settings: Arc<Settings>,
+}
+
+impl RoleContext {
+    pub fn policy(&self) -> Policy {
+        let step_timeout = chrono::Duration::from_std(self.settings.step_timeout)
+            .unwrap_or(chrono::Duration::seconds(10));
+        Policy {
+            step_timeout,
+            max_wait: step_timeout * 6,
+            max_attempts: self.settings.step_max_attempts.max(1),
+        }
+    }
+
+    /// Queues a participant's reply in the outbox. A reply is a message like any other: it is
+    /// durable before it is sent, even when the effect it reports lives in Redis.
+    pub async fn reply(&self, envelope: Envelope) -> Result<(), consumer::HandleError> {
+        let mut conn = self.stores.pg.acquire().await?;
+        outbox::enqueue(&mut conn, &[envelope]).await?;
+        Ok(())
+    }
+}
+
+/// Starts `roles` as tasks that run until `shutdown` turns true, then drain and return.
+pub fn spawn(
+    context: RoleContext,
+    roles: &[Role],
+    shutdown: watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) {
+    for &role in roles {
+        let context = context.clone();
+        let shutdown = shutdown.clone();
+        match role {
+            Role::Relay => {
+                tasks.spawn(relay::run(context, shutdown));
+            }
+            Role::Orchestrator => {
+                let orchestrator = Arc::new(orchestrator::Orchestrator::new(context.clone()));
+                tasks.spawn(orchestrator.clone().run_sweeper(shutdown.clone()));
+                tasks.spawn(consume_forever(
+                    context,
+                    Queue::Orchestrator,
+                    orchestrator,
+                    shutdown,
+                ));
+            }
+            Role::Inventory => {
+                let inventory = inventory::Inventory::new(context.clone());
+                tasks.spawn(inventory.clone().run_recovery(shutdown.clone()));
+                tasks.spawn(consume_forever(
+                    context,
+                    Queue::Inventory,
+                    Arc::new(inventory),
+                    shutdown,
+                ));
+            }
+            Role::Payments => {
+                let handler = Arc::new(payments::Payments::new(context.clone()));
+                tasks.spawn(consume_forever(context, Queue::Payments, handler, shutdown));
+            }
+            Role::History => {
+                let handler = Arc::new(history::History::new(context.clone()));
+                tasks.spawn(consume_forever(context, Queue::History, handler, shutdown));
+            }
+        }
+    }
+}
+
+/// Consumes `queue` until shutdown, reconnecting with backoff whenever RabbitMQ goes away.
+async fn consume_forever<H: Handler>(
+    context: RoleContext,
+    queue: Queue,
+    handler: Arc<H>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let name = format!("orderly-{}", queue.as_str());
+    let mut backoff = Backoff::default();
+    while !*shutdown.borrow() {
+        let outcome = async {
+            let connection = messaging::connect(&context.settings.amqp_url, &name).await?;
+            let channel = connection.create_channel().await?;
+            context.topology.declare(&channel).await?;
+            let _ = channel.close(200, "declared").await;
+            tracing::info!(queue = queue.as_str(), "consuming");
+            backoff.reset();
+            let consumed = consumer::consume(
+                &connection,
+                &context.topology,
+                queue,
+                context.settings.prefetch,
+                handler.clone(),
+                context.metrics.clone(),
+                shutdown.clone(),
+            )
+            .await;
+            let _ = connection.close(200, "stopping").await;
+            consumed
+        }
+        .await;
+        match outcome {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(queue = queue.as_str(), error = %e, "consumer lost RabbitMQ; reconnecting");
+                backoff.wait(&shutdown).await;
+            }
+        }
+    }
+    tracing::info!(queue = queue.as_str(), "consumer stopped");
+}
+
+/// Exponential backoff between reconnection attempts: 100 ms doubling to 5 s.
+#[derive(Default)]
+pub(crate) struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Sleeps for the next delay, or less if shutdown comes first.
+    pub(crate) async fn wait(&mut self, shutdown: &watch::Receiver<bool>) {
+        let delay =
+            Duration::from_millis(100 * (1 << self.failures.min(6))).min(Duration::from_secs(5));
+        self.failures += 1;
+        let mut shutdown = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! Checkout and the order endpoints: the `api` role's side of the saga.
+//!
+//! A checkout writes, in one transaction, the idempotency key, the order at catalog prices, its
+//! saga and two outbox rows (`reserve_stock` and the `order_placed` history event). From there
+//! the saga belongs to the workers; this module only reads what they did, and records a
+//! customer's cancel for the orchestrator to act on.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::Utc;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+use super::{ServiceError, Stores, page::Page};
+use crate::{
+    domain::{
+        FieldViolation,
+        order::{self, OrderLine, OrderStatus},
+        saga::{Policy, Saga},
+    },
+    messaging::{
+        self,
+        envelope::{Body, Envelope, HistoryEvent, Line},
+    },
+    metrics::{Metrics, SagaLabels},
+    store::{
+        history::OrderHistory,
+        postgres::{
+            orders::{self, ItemRow, KeyClaim, NewOrder, OrderRow},
+            outbox, products,
+            sagas::{self, SagaRow},
+        },
+    },
+};
+
+/// An order with its items and the saga now in charge of it.
+#[derive(Debug, Clone)]
+pub struct OrderView {
+    pub order: OrderRow,
+    pub items: Vec<ItemRow>,
+    pub saga: SagaRow,
+}
+
+/// Who is asking: `None` for the admin, or the customer whose orders alone may be seen.
+pub type Viewer = Option<Uuid>;
+
+#[derive(Clone)]
+pub struct Orders {
+    stores: Stores,
+    currency: String,
+    policy: Policy,
+    metrics: Arc<Metrics>,
+    watch: Arc<OrderWatch>,
+}
+
+impl Orders {
+    pub fn new(stores: Stores, currency: String, policy: Policy, metrics: Arc<Metrics>) -> Self {
+        Self {
+            stores,
+            currency,
+            policy,
+            metrics,
+            watch: Arc::new(OrderWatch::default()),
+        }
+    }
+
+    /// Places an order, or returns the one this customer already placed with this key (`false`
+    /// then). The same key with different lines is refused.
+    pub async fn checkout(
+        &self,
+        customer_id: Uuid,
+        key: &str,
+        lines: &[OrderLine],
+    ) -> Result<(OrderView, bool), ServiceError> {
+        let request_hash = request_hash(lines);
+        let order_id = Uuid::now_v7();
+        let mut tx = self.stores.pg.begin().await?;
+        match orders::claim_key(&mut tx, customer_id, key, &request_hash, order_id).await? {
+            KeyClaim::New => {}
+            KeyClaim::Used {
+                request_hash: first,
+                order_id,
+            } => {
+                drop(tx);
+                if first != request_hash {
+                    return Err(ServiceError::IdempotencyKeyReused);
+                }
+                return Ok((self.view(None, order_id).await?, false));
+            }
+        }
+
+        let ids: Vec<Uuid> = lines.iter().map(|l| l.product_id).collect();
+        let prices: HashMap<Uuid, i64> = products::live_prices(&mut tx, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        let missing: Vec<FieldViolation> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !prices.contains_key(&l.product_id))
+            .map(|(i, _)| FieldViolation {
+                field: format!("items[{i}].product_id"),
+                message: "no such product".into(),
+            })
+            .collect();
+        if !missing.is_empty() {
+            // Rolling back releases the key: the client may fix the lines and reuse it.
+            return Err(ServiceError::Invalid(missing));
+        }
+        let priced: Vec<(Uuid, i64, i64)> = lines
+            .iter()
+            .map(|l| (l.product_id, l.quantity, prices[&l.product_id]))
+            .collect();
+        let total_minor = order::total(priced.iter().map(|&(_, q, p)| (q, p)));
+
+        let now = Utc::now();
+        let saga_id = Uuid::now_v7();
+        let (saga, first) = Saga::checkout(now, &self.policy);
+        orders::insert(
+            &mut tx,
+            &NewOrder {
+                id: order_id,
+                customer_id,
+                total_minor,
+                currency: &self.currency,
+                saga_id,
+                lines: &priced,
+            },
+        )
+        .await?;
+        sagas::insert(&mut tx, saga_id, order_id, &saga).await?;
+        let trace = messaging::new_traceparent();
+        let items: Vec<Line> = lines
+            .iter()
+            .map(|l| Line {
+                product_id: l.product_id,
+                quantity: l.quantity,
+            })
+            .collect();
+        let mut outgoing: Vec<Envelope> = first
+            .commands
+            .iter()
+            .map(|c| {
+                Envelope::new(
+                    saga_id,
+                    order_id,
+                    c.attempt,
+                    Body::command(c.action, &items, customer_id, total_minor),
+                )
+            })
+            .collect();
+        let placed = HistoryEvent {
+            seq: 1,
+            kind: "order_placed".into(),
+            at: now,
+            data: json!({ "saga_id": saga_id, "total_minor": total_minor, "lines": lines.len() }),
+        };
+        outgoing.push(Envelope::new(
+            saga_id,
+            order_id,
+            1,
+            Body::History {
+                events: vec![placed],
+            },
+        ));
+        let outgoing: Vec<Envelope> = outgoing
+            .into_iter()
+            .map(|e| e.with_traceparent(Some(trace.clone())))
+            .collect();
+        outbox::enqueue(&mut tx, &outgoing).await?;
+        tx.commit().await?;
+        self.metrics
+            .sagas_started
+            .get_or_create(&SagaLabels { kind: "checkout" })
+            .inc();
+        tracing::info!(order_id = %order_id, saga_id = %saga_id, traceparent = %trace, "order placed");
+        Ok((self.view(None, order_id).await?, true))
+    }
+
+    /// An order the viewer may see.
+    pub async fn view(&self, viewer: Viewer, order_id: Uuid) -> Result<OrderView, ServiceError> {
+        let mut conn = self.stores.pg.acquire().await?;
+        let order = orders::find(&mut conn, order_id)
+            .await?
+            .filter(|o| viewer.is_none_or(|c| c == o.customer_id))
+            .ok_or(ServiceError::NotFound("order"))?;
+        drop(conn);
+        let mut views = self.assemble(vec![order]).await?;
+        views.pop().ok_or(ServiceError::NotFound("order"))
+    }
+
+    /// Like [`Self::view`], but while the order is `pending` waits up to `wait` for it to
+    /// settle.
+    pub async fn view_when_settled(
+        &self,
+        viewer: Viewer,
+        order_id: Uuid,
+        wait: Duration,
+    ) -> Result<OrderView, ServiceError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let waiter = self.watch.waiter(order_id);
+            let notified = waiter.notify.notified();
+            tokio::pin!(notified);
+            // Registered before reading, so a settlement between the read and the wait still
+            // wakes us.
+            notified.as_mut().enable();
+            let view = self.view(viewer, order_id).await?;
+            let now = tokio::time::Instant::now();
+            if view.order.status() != OrderStatus::Pending || now >= deadline {
+                return Ok(view);
+            }
+            // A notification lost while the listener reconnected costs at most a second.
+            let nap = (deadline - now).min(Duration::from_secs(1));
+            let _ = tokio::time::timeout(nap, notified).await;
+        }
+    }
+
+    /// A page of orders, newest first.
+    pub async fn list(
+        &self,
+        viewer: Viewer,
+        status: Option<OrderStatus>,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<OrderView>, ServiceError> {
+        let rows = orders::list(&self.stores.pg, viewer, status, before, limit + 1).await?;
+        let views = self.assemble(rows).await?;
+        Ok(Page::from_overfetch(views, limit, |v| v.order.id))
+    }
+
+    /// Records the customer's cancel and asks the orchestrator to act on it.
+    pub async fn cancel(&self, viewer: Viewer, order_id: Uuid) -> Result<OrderView, ServiceError> {
+        let mut tx = self.stores.pg.begin().await?;
+        let current = orders::find(&mut tx, order_id)
+            .await?
+            .filter(|o| viewer.is_none_or(|c| c == o.customer_id))
+            .ok_or(ServiceError::NotFound("order"))?;
+        let Some(order) = orders::request_cancel(&mut tx, order_id).await? else {
+            let detail = if current.status().is_final() {
+                format!("the order is already {}", current.status().as_str())
+            } else {
+                "a cancel was already requested for this order".to_owned()
+            };
+            return Err(ServiceError::InvalidTransition(detail));
+        };
+        let trace = messaging::new_traceparent();
+        let requested = HistoryEvent {
+            seq: order.last_seq,
+            kind: "cancel_requested".into(),
+            at: Utc::now(),
+            data: json!({ "saga_id": order.saga_id, "status": order.status }),
+        };
+        let outgoing = [
+            Envelope::new(order.saga_id, order_id, 1, Body::CancelRequested),
+            Envelope::new(
+                order.saga_id,
+                order_id,
+                1,
+                Body::History {
+                    events: vec![requested],
+                },
+            ),
+        ]
+        .map(|e| e.with_traceparent(Some(trace.clone())));
+        outbox::enqueue(&mut tx, &outgoing).await?;
+        tx.commit().await?;
+        self.view(viewer, order_id).await
+    }
+
+    /// The order's history from MongoDB, contiguous from seq 1.
+    pub async fn history(
+        &self,
+        viewer: Viewer,
+        order_id: Uuid,
+    ) -> Result<Vec<HistoryEvent>, ServiceError> {
+        self.view(viewer, order_id).await?;
+        Ok(OrderHistory::new(self.stores.docs.database())
+            .events(order_id)
+            .await?)
+    }
+
+    /// A saga, if the viewer may see its order.
+    pub async fn saga(&self, viewer: Viewer, saga_id: Uuid) -> Result<SagaRow, ServiceError> {
+        let mut conn = self.stores.pg.acquire().await?;
+        let saga = sagas::find(&mut conn, saga_id)
+            .await?
+            .ok_or(ServiceError::NotFound("saga"))?;
+        let order = orders::find(&mut conn, saga.order_id).await?;
+        match order {
+            Some(o) if viewer.is_none_or(|c| c == o.customer_id) => Ok(saga),
+            _ => Err(ServiceError::NotFound("saga")),
+        }
+    }
+
+    /// Joins orders with their items and sagas: two queries for any number of orders.
+    async fn assemble(&self, rows: Vec<OrderRow>) -> Result<Vec<OrderView>, ServiceError> {
+        let ids: Vec<Uuid> = rows.iter().map(|o| o.id).collect();
+        let saga_ids: Vec<Uuid> = rows.iter().map(|o| o.saga_id).collect();
+        let (items, sagas) = tokio::try_join!(
+            orders::items(&self.stores.pg, &ids),
+            sagas::find_many(&self.stores.pg, &saga_ids),
+        )?;
+        let mut items_by_order: HashMap<Uuid, Vec<ItemRow>> = HashMap::new();
+        for item in items {
+            items_by_order.entry(item.order_id).or_default().push(item);
+        }
+        let mut sagas: HashMap<Uuid, SagaRow> = sagas.into_iter().map(|s| (s.id, s)).collect();
+        rows.into_iter()
+            .map(|order| {
+                let saga = sagas
+                    .remove(&order.saga_id)
+                    .ok_or(ServiceError::NotFound("saga"))?;
+                Ok(OrderView {
+                    items: items_by_order.remove(&order.id).unwrap_or_default(),
+                    saga,
+                    order,
+                })
+            })
+            .collect()
+    }
+
+    /// Wakes `?wait=` requests when Postgres says an order left `pending`, until shutdown.
+    pub async fn run_settlement_listener(self, mut shutdown: watch::Receiver<bool>) {
+        let mut listener = loop {
+            match sqlx::postgres::PgListener::connect_with(&self.stores.pg).await {
+                Ok(mut l) => match l.listen("orderly_order_settled").await {
+                    Ok(()) => break l,
+                    Err(e) => tracing::warn!(error = %e, "cannot listen for settled orders"),
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot listen for settled orders"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        };
+        loop {
+            tokio::select! {
+                notification = listener.recv() => match notification {
+                    Ok(n) => {
+                        if let Ok(id) = n.payload().parse() {
+                            self.watch.settled(id);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "settled-order notifications interrupted");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// A checkout's lines, hashed: what "the same body" means for an idempotency key.
+fn request_hash(lines: &[OrderLine]) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    for line in lines {
+        hasher.update(line.product_id.as_bytes());
+        hasher.update(line.quantity.to_be_bytes());
+    }
+    hasher.finalize().to_vec()
+}
+
+/// Requests waiting for orders to settle, by order.
+#[derive(Default)]
+struct OrderWatch {
+    waiting: Mutex<HashMap<Uuid, Arc<Notify>>>,
+}
+
+struct Waiter<'a> {
+    watch: &'a OrderWatch,
+    order_id: Uuid,
+    notify: Arc<Notify>,
+}
+
+impl OrderWatch {
+    fn waiter(&self, order_id: Uuid) -> Waiter<'_> {
+        let notify = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(order_id)
+            .or_default()
+            .clone();
+        Waiter {
+            watch: self,
+            order_id,
+            notify,
+        }
+    }
+
+    fn settled(&self, order_id: Uuid) {
+        let notify = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&order_id);
+        if let Some(notify) = notify {
+            notify.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    // The last waiter of an order removes its entry, so the map holds only live waits.
+    fn drop(&mut self) {
+        let mut waiting = self.watch.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = waiting.get(&self.order_id)
+            && Arc::ptr_eq(n, &self.notify)
+            && Arc::strong_count(n) == 2
+        {
+            waiting.remove(&self.order_id);
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Sagas and their log. The domain's [`Saga`] is stored as columns plus its steps as JSON.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, types::Json};
+use uuid::Uuid;
+
+use crate::domain::{
+    order::OrderReason,
+    saga::{Saga, SagaKind, SagaState, Step},
+};
+
+#[derive(Debug, Clone)]
+pub struct SagaRow {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub version: i64,
+    pub saga: Saga,
+}
+
+#[derive(sqlx::FromRow)]
+struct Raw {
+    id: Uuid,
+    order_id: Uuid,
+    kind: Json<SagaKind>,
+    state: Json<SagaState>,
+    reason: Option<String>,
+    steps: Json<Vec<Step>>,
+    deadline_at: Option<DateTime<Utc>>,
+    version: i64,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<Raw> for SagaRow {
+    fn from(r: Raw) -> Self {
+        Self {
+            id: r.id,
+            order_id: r.order_id,
+            version: r.version,
+            saga: Saga {
+                kind: r.kind.0,
+                state: r.state.0,
+                steps: r.steps.0,
+                reason: r.reason.as_deref().and_then(OrderReason::parse),
+                deadline: r.deadline_at,
+                started_at: r.started_at,
+                finished_at: r.finished_at,
+            },
+        }
+    }
+}
+
+// kind and state are plain text columns; `to_jsonb` lets serde read them as the domain enums.
+const COLUMNS: &str = "id, order_id, to_jsonb(kind) AS kind, to_jsonb(state) AS state, reason, \
+    steps, deadline_at, version, started_at, finished_at";
+
+fn text<T: serde::Serialize>(value: T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+pub async fn insert(
+    conn: &mut PgConnection,
+    id: Uuid,
+    order_id: Uuid,
+    saga: &Saga,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sagas (id, order_id, kind, state, reason, steps, deadline_at, started_at, \
+                            finished_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(id)
+    .bind(order_id)
+    .bind(text(saga.kind))
+    .bind(text(saga.state))
+    .bind(saga.reason.map(OrderReason::as_str))
+    .bind(Json(&saga.steps))
+    .bind(saga.deadline)
+    .bind(saga.started_at)
+    .bind(saga.finished_at)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, sqlx::Error> {
+    let raw: Option<Raw> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM sagas WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(raw.map(SagaRow::from))
+}
+
+pub async fn find_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<SagaRow>, sqlx::Error> {
+    let raw: Vec<Raw> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM sagas WHERE id = ANY($1)"))
+        .bind(ids)
+        .fetch_all(pool)
+        .await?;
+    Ok(raw.into_iter().map(SagaRow::from).collect())
+}
+
+/// Stores `saga` if the row is still at `seen_version`; `false` when another writer moved it
+/// first (the caller re-reads and decides again).
+pub async fn save(
+    conn: &mut PgConnection,
+    id: Uuid,
+    saga: &Saga,
+    seen_version: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE sagas SET state = $3, reason = $4, steps = $5, deadline_at = $6, \
+                finished_at = $7, version = version + 1 \
+         WHERE id = $1 AND version = $2",
+    )
+    .bind(id)
+    .bind(seen_version)
+    .bind(text(saga.state))
+    .bind(saga.reason.map(OrderReason::as_str))
+    .bind(Json(&saga.steps))
+    .bind(saga.deadline)
+    .bind(saga.finished_at)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Appends to the saga's log what it was told, and whether it was stale.
+pub async fn log(
+    conn: &mut PgConnection,
+    saga_id: Uuid,
+    event: &str,
+    message_id: Option<Uuid>,
+    stale: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO saga_log (saga_id, event, message_id, stale) VALUES ($1, $2, $3, $4)")
+        .bind(saga_id)
+        .bind(event)
+        .bind(message_id)
+        .bind(stale)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Sagas whose step deadline has passed, as `(saga, order)`, oldest deadline first.
+pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, order_id FROM sagas WHERE deadline_at <= now() \
+         ORDER BY deadline_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
