@@ -174,9 +174,25 @@ pub async fn work(settings: Settings, roles: Vec<Role>) -> anyhow::Result<()> {
     roles::spawn(
         role_context(&stores, &settings, &metrics),
         &roles,
-        stop_rx,
+        stop_rx.clone(),
         &mut tasks,
     );
+    if let Some(addr) = settings.worker_metrics_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving worker metrics");
+        let router = http::ops::worker_router(metrics.clone());
+        let mut stopped = stop_rx;
+        tasks.spawn(async move {
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await;
+        });
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: finishing messages in flight");
     let _ = stop_tx.send(true);

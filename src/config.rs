@@ -37,13 +37,15 @@ pub struct Settings {
     pub relay_batch: i64,
     /// How often the relay polls the outbox when no notification woke it.
     pub relay_poll_interval: Duration,
+    /// Where `orderly worker` serves `/metrics` and `/healthz` (it has no API); off when unset.
+    pub worker_metrics_addr: Option<SocketAddr>,
     pub admin_token: String,
     pub dev_mode: bool,
     pub log_format: LogFormat,
     pub log_filter: String,
     pub body_limit_bytes: usize,
     pub currency: String,
-    /// How often the API re-drives stock adjustments a crash left half-applied.
+    /// How often the inventory role re-drives stock adjustments a crash left half-applied.
     pub stock_recovery_interval: Duration,
     pub shutdown_grace: Duration,
 }
@@ -138,6 +140,17 @@ impl Settings {
             sweep_interval: Duration::from_millis(parse(vars, "ORDERLY_SWEEP_INTERVAL_MS", 1_000)?),
             relay_batch: parse(vars, "ORDERLY_RELAY_BATCH", 500)?,
             relay_poll_interval: Duration::from_millis(parse(vars, "ORDERLY_RELAY_POLL_MS", 500)?),
+            worker_metrics_addr: match vars
+                .get("ORDERLY_WORKER_METRICS_ADDR")
+                .filter(|v| !v.is_empty())
+            {
+                None => None,
+                Some(_) => Some(parse(
+                    vars,
+                    "ORDERLY_WORKER_METRICS_ADDR",
+                    "127.0.0.1:0".parse().unwrap(),
+                )?),
+            },
             admin_token,
             dev_mode,
             log_format,

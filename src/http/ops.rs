@@ -86,3 +86,21 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 pub async fn openapi() -> impl IntoResponse {
     Json(super::openapi::ApiDoc::openapi())
 }
+
+/// The little HTTP surface of `orderly worker`: its own metrics and liveness.
+pub fn worker_router(metrics: std::sync::Arc<crate::metrics::Metrics>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }),
+        )
+        .route("/healthz", axum::routing::get(healthz))
+}

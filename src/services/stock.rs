@@ -12,7 +12,7 @@
 //!    delta — or, if Redis refused it, the row is deleted.
 //!
 //! A crash or store error after step 1 leaves rows `pending`. The next adjustment of the product
-//! settles them first, and the recovery loop every API process runs settles the rest; running
+//! settles them first, and the inventory role's recovery loop settles the rest; running
 //! the script again returns its first outcome, so nothing is lost and nothing is applied twice.
 //! Because one lock orders both stores, `on_hand` only takes values Redis's counter took.
 //!

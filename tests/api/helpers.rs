@@ -26,7 +26,7 @@ pub struct TestApp {
     client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     workers: Option<watch::Sender<bool>>,
-    db_name: String,
+    _isolation: Isolation,
 }
 
 /// A response's status, headers and body (JSON when it parses, `Null` otherwise).
@@ -63,6 +63,15 @@ impl Reply {
 /// `scripts/test` exports them; local defaults otherwise), with a database, key prefix and
 /// MongoDB database of the test's own, an ephemeral port, and overrides on top.
 pub fn test_settings(overrides: &[(&str, &str)]) -> (Settings, String) {
+    let (vars, db_name) = test_vars(overrides);
+    (
+        Settings::from_vars(&vars).expect("test settings are valid"),
+        db_name,
+    )
+}
+
+/// The `ORDERLY_*` variables behind [`test_settings`], for tests that start real processes.
+pub fn test_vars(overrides: &[(&str, &str)]) -> (HashMap<String, String>, String) {
     let id = Uuid::new_v4().simple().to_string();
     let db_name = format!("orderly_t_{id}");
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
@@ -101,10 +110,7 @@ pub fn test_settings(overrides: &[(&str, &str)]) -> (Settings, String) {
     for (k, v) in overrides {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
-    (
-        Settings::from_vars(&vars).expect("test settings are valid"),
-        db_name,
-    )
+    (vars, db_name)
 }
 
 /// The Postgres server of `ORDERLY_DATABASE_URL`, without its database name.
@@ -135,6 +141,7 @@ pub async fn spawn_app_with_roles(overrides: &[(&str, &str)], roles: &[Role]) ->
         .expect("app builds");
     let addr = app.local_addr();
     let stores = app.stores().clone();
+    let settings_copy = settings.clone();
     let (tx, rx) = oneshot::channel();
     tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
@@ -147,7 +154,10 @@ pub async fn spawn_app_with_roles(overrides: &[(&str, &str)], roles: &[Role]) ->
         client: reqwest::Client::new(),
         shutdown: Some(tx),
         workers: None,
-        db_name,
+        _isolation: Isolation {
+            settings: settings_copy,
+            db_name,
+        },
     }
 }
 
@@ -464,6 +474,18 @@ impl Drop for TestApp {
         if let Some(stop) = self.workers.take() {
             let _ = stop.send(true);
         }
+        // The stores are removed when `_isolation`, the last field, drops next.
+    }
+}
+
+/// A test's own database, key prefix, MongoDB database and RabbitMQ names, removed on drop.
+pub struct Isolation {
+    pub settings: Settings,
+    pub db_name: String,
+}
+
+impl Drop for Isolation {
+    fn drop(&mut self) {
         let db_name = self.db_name.clone();
         let prefix = self.settings.redis_prefix.clone();
         let redis_url = self.settings.redis_url.clone();

@@ -1,0 +1,209 @@
+//! What the broker may do to us: a participant that never answers, messages delivered twice,
+//! and a message nobody can process.
+
+use std::time::Duration;
+
+use lapin::{
+    BasicProperties,
+    options::{BasicGetOptions, BasicPublishOptions},
+};
+use orderly::{
+    messaging::{
+        self,
+        envelope::{Body, Envelope},
+        publisher::Publisher,
+        topology::{Queue, Topology},
+    },
+    roles::Role,
+};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with_roles};
+
+async fn publisher(app: &TestApp) -> (lapin::Connection, Publisher) {
+    let connection = messaging::connect(&app.settings.amqp_url, "test")
+        .await
+        .unwrap();
+    let publisher = Publisher::open(&connection, Topology::new(&app.settings.amqp_prefix))
+        .await
+        .unwrap();
+    (connection, publisher)
+}
+
+#[tokio::test]
+async fn a_step_nobody_answers_is_retried_then_timed_out_and_compensated() {
+    let overrides = [
+        ("ORDERLY_STEP_TIMEOUT_MS", "300"),
+        ("ORDERLY_STEP_MAX_ATTEMPTS", "2"),
+        ("ORDERLY_SWEEP_INTERVAL_MS", "100"),
+    ];
+    // Payments is down: charge_payment is never answered.
+    let roles = [
+        Role::Relay,
+        Role::Orchestrator,
+        Role::Inventory,
+        Role::History,
+    ];
+    let mut app = spawn_app_with_roles(&overrides, &roles).await;
+    let product = app.create_product(500, 3).await;
+    let (customer, token) = app.create_customer(10_000).await;
+    let placed = app.place_order(&token, "slow", &[(product, 1)]).await;
+    let order = placed.body["id"].as_str().unwrap().to_owned();
+
+    let compensating = app
+        .order_when(&order, |o| o["saga"]["state"] == "compensating")
+        .await;
+    let charge = &compensating["saga"]["steps"][1];
+    assert_eq!(charge["name"], "charge_payment");
+    assert_eq!(charge["attempts"], 2, "{compensating}");
+    assert_eq!(charge["status"], "compensating");
+    assert!(
+        app.metrics()
+            .await
+            .contains("orderly_saga_step_retries_total{step=\"charge_payment\"}")
+    );
+
+    // Payments comes back: the charges and the refund meet; whatever their order, no money moves.
+    app.start_workers(&[Role::Payments]);
+    let done = app.order_when(&order, |o| o["status"] != "pending").await;
+    assert_eq!(done["status"], "cancelled");
+    assert_eq!(done["reason"], "timed_out");
+    assert_eq!(app.balance(customer).await, 10_000);
+    assert_eq!(app.available(product).await, 3);
+    assert_eq!(app.held(product).await, 0);
+}
+
+#[tokio::test]
+async fn commands_delivered_again_change_nothing() {
+    let app = spawn_app().await;
+    let product = app.create_product(700, 5).await;
+    let (customer, token) = app.create_customer(10_000).await;
+    let placed = app.place_order(&token, "once", &[(product, 2)]).await;
+    let order: Uuid = placed.body["id"].as_str().unwrap().parse().unwrap();
+    let done = app.settled_order(&order.to_string()).await;
+    assert_eq!(done["status"], "confirmed");
+    let saga: Uuid = done["saga"]["id"].as_str().unwrap().parse().unwrap();
+
+    // A retried attempt of each step (new message ids), and one of them twice (same id).
+    let (connection, publisher) = publisher(&app).await;
+    let charge = Envelope::new(
+        saga,
+        order,
+        2,
+        Body::ChargePayment {
+            customer_id: customer,
+            amount_minor: 1_400,
+        },
+    );
+    let reserve = Envelope::new(
+        saga,
+        order,
+        2,
+        Body::ReserveStock {
+            items: vec![messaging::envelope::Line {
+                product_id: product,
+                quantity: 2,
+            }],
+        },
+    );
+    publisher
+        .publish_all(&[charge.clone(), charge, reserve])
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done").await;
+
+    let log_entries = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM saga_log WHERE saga_id = $1")
+            .bind(saga)
+            .fetch_one(&app.stores.pg)
+            .await
+            .unwrap()
+    };
+    let before = log_entries().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.balance(customer).await, 10_000 - 1_400, "charged once");
+    assert_eq!(app.available(product).await, 3, "reserved once");
+    assert_eq!(app.held(product).await, 2);
+    let order_now = app.get(&format!("/orders/{order}"), app.admin()).await;
+    assert_eq!(order_now.body["status"], "confirmed");
+    assert_eq!(
+        order_now.body["version"], done["version"],
+        "the order did not move"
+    );
+    // The replies carried the first replies' ids, so the orchestrator's inbox dropped them.
+    assert_eq!(log_entries().await, before);
+}
+
+#[tokio::test]
+async fn a_message_nobody_can_process_is_dead_lettered_with_its_reason() {
+    let app = spawn_app().await;
+    let topology = Topology::new(&app.settings.amqp_prefix);
+    let connection = messaging::connect(&app.settings.amqp_url, "test")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    // The app declares its topology as its consumers start; make sure it exists already.
+    topology.declare(&channel).await.unwrap();
+    channel
+        .basic_publish(
+            "",
+            &topology.queue(Queue::Payments),
+            BasicPublishOptions::default(),
+            b"{\"not\": \"an envelope\"}",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut dead = None;
+    for _ in 0..50 {
+        dead = channel
+            .basic_get(
+                &topology.dead_letter_queue(Queue::Payments),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        if dead.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = dead.expect("the message reached the dead-letter queue");
+    let headers = dead.delivery.properties.headers().clone().unwrap();
+    let reason = headers.inner().get("x-orderly-reason").unwrap();
+    assert!(
+        format!("{reason:?}").contains("malformed message"),
+        "{reason:?}"
+    );
+    assert_eq!(dead.delivery.data, b"{\"not\": \"an envelope\"}");
+    let _ = connection.close(200, "done").await;
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("orderly_messages_dead_lettered_total{queue=\"payments\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn saga_metrics_count_starts_outcomes_and_durations() {
+    let app = spawn_app().await;
+    let product = app.create_product(100, 1).await;
+    let (_, token) = app.create_customer(1_000).await;
+    for key in ["a", "b"] {
+        let placed = app.place_order(&token, key, &[(product, 1)]).await;
+        app.settled_order(placed.body["id"].as_str().unwrap()).await;
+    }
+    let metrics = app.metrics().await;
+    for line in [
+        "orderly_sagas_started_total{kind=\"checkout\"} 2",
+        "orderly_sagas_finished_total{kind=\"checkout\",outcome=\"confirmed\",reason=\"\"} 1",
+        "orderly_sagas_finished_total{kind=\"checkout\",outcome=\"rejected\",reason=\"insufficient_stock\"} 1",
+        "orderly_saga_duration_seconds_count{kind=\"checkout\",outcome=\"confirmed\",reason=\"\"} 1",
+        "orderly_outbox_backlog ",
+        "orderly_messages_consumed_total{queue=\"orchestrator\"}",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+}
