@@ -460,6 +460,14 @@ impl Saga {
                 self.interrupt(now, policy, &mut t);
                 t
             }
+            // Already undoing: nothing more to do, but the customer's cancel is what the order
+            // will be remembered for.
+            (SagaKind::Checkout, SagaState::Compensating)
+                if self.reason != Some(OrderReason::CancelledByCustomer) =>
+            {
+                self.reason = Some(OrderReason::CancelledByCustomer);
+                Transition::default()
+            }
             (SagaKind::Checkout, SagaState::Completed) => Transition {
                 start_cancellation: true,
                 ..Transition::default()

@@ -168,6 +168,7 @@ impl Context<'_> {
             attempt = envelope.attempt,
             traceparent = envelope.traceparent.as_deref().unwrap_or(""),
         );
+        let sent_once = envelope.body.is_sent_once();
         match handler.handle(envelope).instrument(span.clone()).await {
             Ok(()) => {}
             Err(HandleError::Permanent(reason)) => {
@@ -176,7 +177,7 @@ impl Context<'_> {
             }
             Err(HandleError::Transient(reason)) => {
                 let failures = failures(&delivery.properties) + 1;
-                if failures >= MAX_FAILURES {
+                if failures >= MAX_FAILURES && !sent_once {
                     span.in_scope(|| tracing::error!(%reason, failures, "giving up on a message"));
                     return self
                         .dead_letter(&delivery, &format!("failed {failures} times: {reason}"))

@@ -132,6 +132,13 @@ impl Body {
         }
     }
 
+    /// Messages nothing would send again if they were dead-lettered: a command is resent when
+    /// its step's deadline passes, and a reply with it, but a cancel or a history batch is sent
+    /// once. Transient failures retry these for as long as it takes.
+    pub fn is_sent_once(&self) -> bool {
+        matches!(self, Self::CancelRequested | Self::History { .. })
+    }
+
     /// The reply this body is, for the orchestrator.
     pub fn reply(&self) -> Option<Reply> {
         Some(match *self {

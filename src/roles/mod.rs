@@ -189,7 +189,16 @@ async fn consume_forever<H: Handler>(
         }
         .await;
         match outcome {
-            Ok(()) => break,
+            // The stream also ends when RabbitMQ cancels the consumer (its queue was deleted,
+            // a node left): that is not a shutdown, so consume again.
+            Ok(()) if *shutdown.borrow() => break,
+            Ok(()) => {
+                tracing::warn!(
+                    queue = queue.as_str(),
+                    "RabbitMQ cancelled the consumer; resubscribing"
+                );
+                backoff.wait(&shutdown).await;
+            }
             Err(e) => {
                 tracing::warn!(queue = queue.as_str(), error = %e, "consumer lost RabbitMQ; reconnecting");
                 backoff.wait(&shutdown).await;

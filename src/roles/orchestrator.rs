@@ -253,8 +253,10 @@ impl Orchestrator {
                 label: "deadline_passed",
                 traceparent: None,
             };
-            self.drive(saga_id, SagaEvent::DeadlinePassed, cause)
-                .await?;
+            // One saga that keeps failing must not hold back every deadline behind it.
+            if let Err(e) = self.drive(saga_id, SagaEvent::DeadlinePassed, cause).await {
+                tracing::warn!(saga_id = %saga_id, error = %e, "could not drive a saga past its deadline");
+            }
         }
         Ok(due.len())
     }

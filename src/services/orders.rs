@@ -243,12 +243,16 @@ impl Orders {
             .filter(|o| viewer.is_none_or(|c| c == o.customer_id))
             .ok_or(ServiceError::NotFound("order"))?;
         let Some(order) = orders::request_cancel(&mut tx, order_id).await? else {
-            let detail = if current.status().is_final() {
-                format!("the order is already {}", current.status().as_str())
-            } else {
-                "a cancel was already requested for this order".to_owned()
-            };
-            return Err(ServiceError::InvalidTransition(detail));
+            if current.status().is_final() {
+                return Err(ServiceError::InvalidTransition(format!(
+                    "the order is already {}",
+                    current.status().as_str()
+                )));
+            }
+            // Cancelled already and still undoing: a retried cancel gets the order, changing
+            // nothing.
+            drop(tx);
+            return self.view(viewer, order_id).await;
         };
         let trace = messaging::new_traceparent();
         let requested = HistoryEvent {
