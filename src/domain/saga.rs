@@ -25,6 +25,16 @@ pub enum SagaKind {
     Cancellation,
 }
 
+impl SagaKind {
+    /// The name used in JSON, in Postgres and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Checkout => "checkout",
+            Self::Cancellation => "cancellation",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SagaState {
@@ -37,6 +47,17 @@ pub enum SagaState {
 }
 
 impl SagaState {
+    /// The name used in JSON and in Postgres.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Compensating => "compensating",
+            Self::Completed => "completed",
+            Self::Compensated => "compensated",
+            Self::Failed => "failed",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Compensated | Self::Failed)
     }
@@ -96,6 +117,21 @@ pub enum StepStatus {
     Compensating,
     Compensated,
     Skipped,
+}
+
+impl StepStatus {
+    /// The name used in JSON, in Postgres and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Compensating => "compensating",
+            Self::Compensated => "compensated",
+            Self::Skipped => "skipped",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -557,21 +593,33 @@ impl Saga {
         self.skip_pending();
         if let Some(i) = self.in_flight() {
             let step = &mut self.steps[i];
-            match step.name.compensation() {
-                Some(action) => {
-                    step.status = StepStatus::Compensating;
-                    step.compensation_attempts = 1;
-                    t.commands.push(Command { action, attempt: 1 });
-                    self.state = SagaState::Compensating;
-                    self.deadline = Some(now + policy.wait(1));
-                    return;
-                }
-                None => {
-                    step.status = StepStatus::Skipped;
-                }
+            if step.name.compensation().is_some() {
+                self.start_compensation(i, now, policy, t);
+                return;
             }
+            step.status = StepStatus::Skipped;
         }
         self.compensate_next(now, policy, t);
+    }
+
+    /// Sends the first command undoing step `i`, which has a compensation.
+    fn start_compensation(
+        &mut self,
+        i: usize,
+        now: DateTime<Utc>,
+        policy: &Policy,
+        t: &mut Transition,
+    ) {
+        let step = &mut self.steps[i];
+        let action = step
+            .name
+            .compensation()
+            .expect("only steps that can be undone");
+        step.status = StepStatus::Compensating;
+        step.compensation_attempts = 1;
+        t.commands.push(Command { action, attempt: 1 });
+        self.state = SagaState::Compensating;
+        self.deadline = Some(now + policy.wait(1));
     }
 
     fn skip_pending(&mut self) {
@@ -586,16 +634,10 @@ impl Saga {
     fn compensate_next(&mut self, now: DateTime<Utc>, policy: &Policy, t: &mut Transition) {
         let next = self
             .steps
-            .iter_mut()
-            .rev()
-            .find(|s| s.status == StepStatus::Succeeded && s.name.compensation().is_some());
-        if let Some(step) = next {
-            let action = step.name.compensation().expect("checked above");
-            step.status = StepStatus::Compensating;
-            step.compensation_attempts = 1;
-            t.commands.push(Command { action, attempt: 1 });
-            self.state = SagaState::Compensating;
-            self.deadline = Some(now + policy.wait(1));
+            .iter()
+            .rposition(|s| s.status == StepStatus::Succeeded && s.name.compensation().is_some());
+        if let Some(i) = next {
+            self.start_compensation(i, now, policy, t);
             return;
         }
         let reason = self.reason;

@@ -101,27 +101,20 @@ pub struct OrderBody {
     pub updated_at: DateTime<Utc>,
 }
 
-fn text<T: Serialize>(value: T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
 impl From<SagaRow> for SagaBody {
     fn from(row: SagaRow) -> Self {
         let saga = row.saga;
         Self {
             id: row.id,
             order_id: row.order_id,
-            kind: text(saga.kind),
-            state: text(saga.state),
+            kind: saga.kind.as_str().to_owned(),
+            state: saga.state.as_str().to_owned(),
             steps: saga
                 .steps
                 .into_iter()
                 .map(|s| StepBody {
                     name: s.name.as_str().to_owned(),
-                    status: text(s.status),
+                    status: s.status.as_str().to_owned(),
                     attempts: s.attempts,
                     compensation_attempts: s.compensation_attempts,
                     started_at: s.started_at,

@@ -200,13 +200,13 @@ impl Orchestrator {
             metrics
                 .sagas_started
                 .get_or_create(&SagaLabels {
-                    kind: kind_label(kind),
+                    kind: kind.as_str(),
                 })
                 .inc();
         }
         if let (Some(change), Some(finished)) = (transition.order, saga.finished_at) {
             let labels = OutcomeLabels {
-                kind: kind_label(saga.kind),
+                kind: saga.kind.as_str(),
                 outcome: change.status.as_str(),
                 reason: change.reason.map_or("", |r| r.as_str()),
             };
@@ -259,13 +259,6 @@ impl Orchestrator {
             }
         }
         Ok(due.len())
-    }
-}
-
-fn kind_label(kind: SagaKind) -> &'static str {
-    match kind {
-        SagaKind::Checkout => "checkout",
-        SagaKind::Cancellation => "cancellation",
     }
 }
 

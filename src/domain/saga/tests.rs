@@ -408,3 +408,31 @@ fn deadlines_retry_with_growing_waits_then_time_out() {
         }]
     );
 }
+
+#[test]
+fn names_agree_with_their_json() {
+    let json = |v: serde_json::Value| v.as_str().unwrap().to_owned();
+    for k in [SagaKind::Checkout, SagaKind::Cancellation] {
+        assert_eq!(k.as_str(), json(serde_json::to_value(k).unwrap()));
+    }
+    for s in [
+        SagaState::Running,
+        SagaState::Compensating,
+        SagaState::Completed,
+        SagaState::Compensated,
+        SagaState::Failed,
+    ] {
+        assert_eq!(s.as_str(), json(serde_json::to_value(s).unwrap()));
+    }
+    for s in [
+        StepStatus::Pending,
+        StepStatus::Running,
+        StepStatus::Succeeded,
+        StepStatus::Failed,
+        StepStatus::Compensating,
+        StepStatus::Compensated,
+        StepStatus::Skipped,
+    ] {
+        assert_eq!(s.as_str(), json(serde_json::to_value(s).unwrap()));
+    }
+}

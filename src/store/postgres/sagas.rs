@@ -54,13 +54,6 @@ impl From<Raw> for SagaRow {
 const COLUMNS: &str = "id, order_id, to_jsonb(kind) AS kind, to_jsonb(state) AS state, reason, \
     steps, deadline_at, version, started_at, finished_at";
 
-fn text<T: serde::Serialize>(value: T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
 pub async fn insert(
     conn: &mut PgConnection,
     id: Uuid,
@@ -74,8 +67,8 @@ pub async fn insert(
     )
     .bind(id)
     .bind(order_id)
-    .bind(text(saga.kind))
-    .bind(text(saga.state))
+    .bind(saga.kind.as_str())
+    .bind(saga.state.as_str())
     .bind(saga.reason.map(OrderReason::as_str))
     .bind(Json(&saga.steps))
     .bind(saga.deadline)
@@ -117,7 +110,7 @@ pub async fn save(
     )
     .bind(id)
     .bind(seen_version)
-    .bind(text(saga.state))
+    .bind(saga.state.as_str())
     .bind(saga.reason.map(OrderReason::as_str))
     .bind(Json(&saga.steps))
     .bind(saga.deadline)
