@@ -16,7 +16,8 @@ use uuid::Uuid;
 use super::StoreError;
 use crate::messaging::envelope::HistoryEvent;
 
-const HISTORY: &str = "order_history";
+/// The collection holding every order's history events (the load test reads it directly).
+pub const HISTORY: &str = "order_history";
 const DUPLICATE_KEY: i32 = 11000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ use orderly::{
     roles::{Role, RoleContext},
     services::Stores,
 };
+use orderly_loadtest::system::{Namespace, StoreUrls};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
@@ -96,7 +97,10 @@ pub fn test_vars(overrides: &[(&str, &str)]) -> (HashMap<String, String>, String
             "ORDERLY_HTTP_ADDR",
             SocketAddr::new(host.parse().unwrap(), 0).to_string(),
         ),
-        ("ORDERLY_DATABASE_URL", format!("{}/{db_name}", pg_server())),
+        (
+            "ORDERLY_DATABASE_URL",
+            format!("{}/{db_name}", StoreUrls::from_env().postgres),
+        ),
         ("ORDERLY_PG_MAX_CONNECTIONS", "8".to_owned()),
         ("ORDERLY_REDIS_PREFIX", format!("orderly_t:{id}:")),
         ("ORDERLY_MONGODB_DATABASE", db_name.clone()),
@@ -111,18 +115,6 @@ pub fn test_vars(overrides: &[(&str, &str)]) -> (HashMap<String, String>, String
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
     (vars, db_name)
-}
-
-/// The Postgres server of `ORDERLY_DATABASE_URL`, without its database name.
-fn pg_server() -> String {
-    let url = std::env::var("ORDERLY_DATABASE_URL")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/orderly".to_owned());
-    let url = url.split('?').next().unwrap_or_default();
-    url.rsplit_once('/')
-        .map_or(url, |(server, _)| server)
-        .to_owned()
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -486,53 +478,27 @@ pub struct Isolation {
 
 impl Drop for Isolation {
     fn drop(&mut self) {
-        let db_name = self.db_name.clone();
-        let prefix = self.settings.redis_prefix.clone();
-        let redis_url = self.settings.redis_url.clone();
-        let mongodb_url = self.settings.mongodb_url.clone();
-        let amqp_url = self.settings.amqp_url.clone();
-        let topology = Topology::new(&self.settings.amqp_prefix);
-        // Drop cannot await; clean up on a runtime of our own, on a thread of our own.
+        let s = &self.settings;
+        let namespace = Namespace {
+            database: self.db_name.clone(),
+            redis_prefix: s.redis_prefix.clone(),
+            mongodb_database: s.mongodb_database.clone(),
+            amqp_prefix: s.amqp_prefix.clone(),
+        };
+        let urls = StoreUrls {
+            postgres: StoreUrls::from_env().postgres,
+            redis: s.redis_url.clone(),
+            mongodb: s.mongodb_url.clone(),
+            amqp: s.amqp_url.clone(),
+        };
+        // Drop cannot await; clean up on a runtime of our own, on a thread of our own (the
+        // app's clients belong to the test's runtime).
         let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .unwrap();
-            runtime.block_on(async move {
-                use sqlx::Connection;
-                if let Ok(mut conn) =
-                    sqlx::PgConnection::connect(&format!("{}/postgres", pg_server())).await
-                {
-                    let _ = sqlx::query(&format!(
-                        "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
-                    ))
-                    .execute(&mut conn)
-                    .await;
-                }
-                if let Ok(client) = redis::Client::open(redis_url)
-                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{prefix}*"))
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: Result<(), _> =
-                            redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                    }
-                }
-                if let Ok(connection) = orderly::messaging::connect(&amqp_url, "test-cleanup").await
-                    && let Ok(channel) = connection.create_channel().await
-                {
-                    let _ = topology.delete(&channel).await;
-                    let _ = connection.close(200, "cleaned up").await;
-                }
-                // A client of this runtime's own: the app's belongs to the test's runtime.
-                if let Ok(client) = mongodb::Client::with_uri_str(&mongodb_url).await {
-                    let _ = client.database(&db_name).drop().await;
-                }
-            });
+                .unwrap()
+                .block_on(namespace.remove(&urls));
         });
         let _ = cleanup.join();
     }

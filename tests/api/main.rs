@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod customers;
 mod helpers;
+mod loadtest;
 mod messaging;
 mod ops;
 mod orders;
