@@ -22,6 +22,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use mongodb::bson::doc;
+use orderly::store::stock::{ReserveOutcome, StockCounters};
 use serde::Serialize;
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -29,7 +30,6 @@ use uuid::Uuid;
 use crate::system::{Namespace, StoreUrls};
 
 const CONCURRENCY: usize = 16;
-const RESERVE_LUA: &str = include_str!("../../lua/reserve.lua");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Baseline {
@@ -177,49 +177,35 @@ async fn redis(
     urls: &StoreUrls,
     window: Duration,
 ) -> anyhow::Result<Baseline> {
-    let client = redis::Client::open(urls.redis.as_str())?;
-    let conn = client.get_multiplexed_async_connection().await?;
     let prefix = format!("{}baseline:", namespace.redis_prefix);
+    // Through orderly's own adapter, so the baseline runs exactly the call the inventory role
+    // makes, with the same keys.
+    let stock = StockCounters::connect(&urls.redis, &prefix).await?;
     let products: Vec<Uuid> = (0..64).map(|_| Uuid::new_v4()).collect();
-    for product in &products {
+    for &product in &products {
         redis::cmd("SET")
-            .arg(format!("{prefix}stock:{{{product}}}:available"))
+            .arg(stock.available_key(product))
             .arg(i64::MAX / 2)
-            .query_async::<()>(&mut conn.clone())
+            .query_async::<()>(&mut stock.connection())
             .await?;
     }
-    let script = redis::Script::new(RESERVE_LUA);
     let per_second = rate(window, {
-        let (conn, prefix, products) = (conn.clone(), prefix.clone(), Arc::new(products));
+        let (stock, products) = (stock.clone(), Arc::new(products));
         move |i| {
-            let (mut conn, prefix, products, script) = (
-                conn.clone(),
-                prefix.clone(),
-                products.clone(),
-                script.clone(),
-            );
+            let (stock, products) = (stock.clone(), products.clone());
             async move {
-                let order = Uuid::new_v4();
                 let lines = [
-                    products[(i % 64) as usize],
-                    products[((i + 1) % 64) as usize],
+                    (products[(i % 64) as usize], 1),
+                    (products[((i + 1) % 64) as usize], 2),
                 ];
-                let mut invocation = script.key(format!("{prefix}reservation:{{{order}}}"));
-                for product in lines {
-                    invocation
-                        .key(format!("{prefix}stock:{{{product}}}:available"))
-                        .key(format!("{prefix}stock:{{{product}}}:held"));
-                }
-                invocation.arg(1).arg(2);
-                for product in lines {
-                    invocation.arg(product.to_string());
-                }
-                let (outcome, _, _): (i64, i64, i64) = invocation.invoke_async(&mut conn).await?;
-                Ok(u64::from(outcome == 1))
+                let outcome = stock.reserve(Uuid::new_v4(), &lines).await?;
+                Ok(u64::from(outcome == ReserveOutcome::Reserved))
             }
         }
     })
     .await?;
+    let client = redis::Client::open(urls.redis.as_str())?;
+    let conn = client.get_multiplexed_async_connection().await?;
     crate::system::delete_keys(&mut conn.clone(), &prefix).await?;
     Ok(baseline(
         "redis",

@@ -85,7 +85,7 @@ pub struct Report {
     /// Checkout saga durations by Postgres clocks (`finished_at − started_at`), measured window.
     pub saga_duration_server: Percentiles,
     pub measured: Summary,
-    pub cpu: Option<CpuReport>,
+    pub cpu: CpuReport,
     pub baselines: Vec<Baseline>,
     pub verification: Verification,
 }
@@ -243,23 +243,22 @@ impl Report {
             }
         }
 
-        if let Some(cpu) = &self.cpu {
-            let _ = writeln!(md, "\n## CPU (measured window)\n");
-            let _ = writeln!(md, "| process group | CPU seconds |");
-            let _ = writeln!(md, "|---|---:|");
-            for (group, secs) in &cpu.seconds.0 {
-                let _ = writeln!(md, "| {group} | {secs:.2} |");
-            }
-            if let Some(per_saga) = cpu.per_saga_ms {
-                let _ = writeln!(
-                    md,
-                    "\nCPU per completed saga, orderly and every store together (not the load \
-                     generator): **{per_saga:.2} ms**, so at most {:.0} sagas/s on {} cores \
-                     at this mix.",
-                    1000.0 * self.machine.cpus as f64 / per_saga,
-                    self.machine.cpus
-                );
-            }
+        let cpu = &self.cpu;
+        let _ = writeln!(md, "\n## CPU (measured window)\n");
+        let _ = writeln!(md, "| process group | CPU seconds |");
+        let _ = writeln!(md, "|---|---:|");
+        for (group, secs) in &cpu.seconds.0 {
+            let _ = writeln!(md, "| {group} | {secs:.2} |");
+        }
+        if let Some(per_saga) = cpu.per_saga_ms {
+            let _ = writeln!(
+                md,
+                "\nCPU per completed saga, orderly and every store together (not the load \
+                 generator): **{per_saga:.2} ms**, so at most {:.0} sagas/s on {} cores \
+                 at this mix.",
+                1000.0 * self.machine.cpus as f64 / per_saga,
+                self.machine.cpus
+            );
         }
 
         if !self.baselines.is_empty() {

@@ -89,8 +89,7 @@ async fn run_in(config: &RunConfig, namespace: &Namespace) -> anyhow::Result<Rep
     );
     shutdown.checked = 1;
     for problem in stop_problems {
-        shutdown.violations += 1;
-        shutdown.examples.push(problem);
+        shutdown.violate(|| problem);
     }
     report.verification.checks.push(shutdown);
     report.write(&config.out_dir)?;
@@ -199,12 +198,12 @@ async fn load_and_verify(config: &RunConfig, system: &mut System) -> anyhow::Res
     })
 }
 
-fn cpu_report(seconds: CpuTimes, sagas: u64) -> Option<CpuReport> {
+fn cpu_report(seconds: CpuTimes, sagas: u64) -> CpuReport {
     let total = seconds.system_total();
-    Some(CpuReport {
+    CpuReport {
         per_saga_ms: (sagas > 0).then(|| total * 1000.0 / sagas as f64),
         seconds,
-    })
+    }
 }
 
 async fn outcomes(pg: &PgPool) -> anyhow::Result<BTreeMap<String, u64>> {

@@ -82,8 +82,7 @@ pub fn markdown(steps: &[Step]) -> String {
         let saga = &r.measured.saga_completion;
         let cpu = r
             .cpu
-            .as_ref()
-            .and_then(|c| c.per_saga_ms)
+            .per_saga_ms
             .map_or_else(|| "–".into(), |ms| format!("{ms:.2}"));
         let _ = writeln!(
             md,

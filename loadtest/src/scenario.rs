@@ -283,13 +283,7 @@ async fn checkout(
     let cancel = rng.random_bool(shape.cancel);
     let cancel_at_once = cancel && rng.random_bool(0.5);
     if cancel_at_once {
-        timed(
-            stats,
-            stats::POST_CANCEL,
-            Instant::now(),
-            api.cancel(&customer.token, id),
-        )
-        .await;
+        cancel_order(api, stats, &customer.token, id).await;
     }
     let Some(outcome) = follow(api, stats, &customer.token, id).await else {
         return;
@@ -300,14 +294,18 @@ async fn checkout(
         .saga_settled(accepted, Instant::now(), &outcome);
     if cancel && !cancel_at_once && outcome == "confirmed" {
         // The cancellation saga runs on; the verifier checks that it ended and undid everything.
-        timed(
-            stats,
-            stats::POST_CANCEL,
-            Instant::now(),
-            api.cancel(&customer.token, id),
-        )
-        .await;
+        cancel_order(api, stats, &customer.token, id).await;
     }
+}
+
+async fn cancel_order(api: &Api, stats: &std::sync::Mutex<Stats>, token: &str, id: Uuid) {
+    timed(
+        stats,
+        stats::POST_CANCEL,
+        Instant::now(),
+        api.cancel(token, id),
+    )
+    .await;
 }
 
 /// Long-polls the order until it leaves `pending`; its final state, or `None` if it never did.
