@@ -16,7 +16,7 @@ use crate::{
     services::{Stores, catalog::Catalog, customers::Customers, orders::Orders, reviews::Reviews},
     store::{
         broker::Broker, documents::CatalogDocuments, history::OrderHistory, postgres,
-        stock::StockCounters,
+        ratings::RatingCache, stock::StockCounters,
     },
 };
 
@@ -41,6 +41,7 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Stores> {
         .context("creating MongoDB indexes")?;
     Ok(Stores {
         pg,
+        ratings: RatingCache::new(stock.connection(), &settings.redis_prefix),
         stock,
         docs,
         broker: Arc::new(Broker::new(&settings.amqp_url)),
@@ -51,6 +52,9 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<Stores> {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// The roles' stores: the API's, but with a Postgres pool of their own, so that a backlog
+    /// of saga work cannot take every connection from checkouts and reads.
+    role_stores: Stores,
     settings: Arc<Settings>,
     roles: Vec<Role>,
 }
@@ -67,6 +71,16 @@ impl Application {
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("binding {}", settings.http_addr))?;
+        let role_stores = if roles.is_empty() {
+            stores.clone()
+        } else {
+            Stores {
+                pg: postgres::connect(&settings)
+                    .await
+                    .context("connecting to Postgres")?,
+                ..stores.clone()
+            }
+        };
         let metrics = Arc::new(Metrics::default());
         let policy = role_context(&stores, &settings, &metrics).policy();
         let state = AppState {
@@ -78,6 +92,7 @@ impl Application {
                 settings.currency.clone(),
                 policy,
                 metrics.clone(),
+                settings.max_pending_orders,
             ),
             metrics,
             admin_token: Arc::from(settings.admin_token.as_str()),
@@ -86,6 +101,7 @@ impl Application {
         Ok(Self {
             listener,
             state,
+            role_stores,
             settings: Arc::new(settings),
             roles,
         })
@@ -116,7 +132,8 @@ impl Application {
                 .clone()
                 .run_settlement_listener(stop_rx.clone()),
         );
-        let context = role_context(&self.state.stores, &self.settings, &self.state.metrics);
+        tasks.spawn(self.state.orders.clone().run_backlog_watch(stop_rx.clone()));
+        let context = role_context(&self.role_stores, &self.settings, &self.state.metrics);
         roles::spawn(context, &self.roles, stop_rx.clone(), &mut tasks);
         let broker = self.state.stores.broker.clone();
         let router = http::router(self.state, self.settings.body_limit_bytes);

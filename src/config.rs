@@ -48,6 +48,8 @@ pub struct Settings {
     /// How often the inventory role re-drives stock adjustments a crash left half-applied.
     pub stock_recovery_interval: Duration,
     pub shutdown_grace: Duration,
+    /// Pending orders at which checkout answers `503` (admission control); 0 turns it off.
+    pub max_pending_orders: i64,
 }
 
 impl std::fmt::Debug for Settings {
@@ -163,6 +165,7 @@ impl Settings {
                 5,
             )?),
             shutdown_grace: Duration::from_secs(parse(vars, "ORDERLY_SHUTDOWN_GRACE_SECS", 30)?),
+            max_pending_orders: parse(vars, "ORDERLY_MAX_PENDING_ORDERS", 250)?,
         })
     }
 }

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub saga_duration: Family<OutcomeLabels, Histogram>,
     pub step_retries: Family<StepLabels, Counter>,
     pub stale_replies: Counter,
+    /// Checkouts refused by admission control while too many orders were pending.
+    pub checkouts_refused: Counter,
     /// Rows waiting in the outbox, as of the last scrape or relay pass.
     pub outbox_backlog: Gauge,
     pub messages_consumed: Family<QueueLabels, Counter>,
@@ -109,6 +111,12 @@ impl Default for Metrics {
             "Replies recorded and ignored because their step was no longer in flight",
             stale_replies.clone(),
         );
+        let checkouts_refused = Counter::default();
+        registry.register(
+            "checkouts_refused",
+            "Checkouts answered 503 because too many orders were pending",
+            checkouts_refused.clone(),
+        );
         let outbox_backlog = Gauge::default();
         registry.register(
             "outbox_backlog",
@@ -149,6 +157,7 @@ impl Default for Metrics {
             saga_duration,
             step_retries,
             stale_replies,
+            checkouts_refused,
             outbox_backlog,
             messages_consumed,
             messages_redelivered,

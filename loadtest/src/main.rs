@@ -71,6 +71,9 @@ struct LoadArgs {
     /// Override the scenario's units of stock per product.
     #[arg(long)]
     stock: Option<i64>,
+    /// Override the share of browses that open a product page instead of a list page (0 to 1).
+    #[arg(long)]
+    product_pages: Option<f64>,
     /// Seconds per store baseline (Postgres, Redis, RabbitMQ, MongoDB); 0 skips them.
     #[arg(long, default_value_t = 3.0)]
     baseline_secs: f64,
@@ -96,6 +99,13 @@ impl LoadArgs {
         }
         if let Some(stock) = self.stock {
             shape.stock_per_product = stock;
+        }
+        if let Some(share) = self.product_pages {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&share),
+                "--product-pages must be from 0 to 1"
+            );
+            shape.product_pages = share;
         }
         let model = match self.rate {
             Some(rate) if rate > 0.0 => Model::Open {

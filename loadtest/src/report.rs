@@ -132,7 +132,8 @@ impl Report {
         let _ = writeln!(
             md,
             "- Shape: {} products ({} units each), {} customers ({:.0}% short of funds), \
-             ≤{} lines × ≤{} units, {:.0}% cancelled, {:.0}% browsing\n",
+             ≤{} lines × ≤{} units, {:.0}% cancelled, {:.0}% browsing \
+             ({:.0}% of browses on product pages)\n",
             s.products,
             s.stock_per_product,
             s.customers,
@@ -140,7 +141,8 @@ impl Report {
             s.max_lines,
             s.max_quantity,
             s.cancel * 100.0,
-            s.browse_share * 100.0
+            s.browse_share * 100.0,
+            s.product_pages * 100.0
         );
 
         let t = &self.throughput;

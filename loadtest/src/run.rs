@@ -107,6 +107,11 @@ async fn load_and_verify(config: &RunConfig, system: &mut System) -> anyhow::Res
         16,
     )
     .await?;
+    let stores = Stores::connect(&system.namespace, &system.urls).await?;
+    // Autovacuum would analyze the new catalog within a minute; the run starts seconds after
+    // it was created, when the planner still takes its 1,000 products for a handful and sorts
+    // them all for every page.
+    sqlx::query("ANALYZE").execute(&stores.pg).await?;
 
     let baselines: Vec<Baseline> = if config.baseline_secs > 0.0 {
         baseline::measure_all(&system.namespace, &system.urls, config.baseline_secs).await?
@@ -138,7 +143,6 @@ async fn load_and_verify(config: &RunConfig, system: &mut System) -> anyhow::Res
     let cpu_seconds = cpu_window.await?;
     system.check_alive()?;
 
-    let stores = Stores::connect(&system.namespace, &system.urls).await?;
     let quiet_after = verify::wait_until_quiet(&stores, QUIET).await?;
     let verification = verify::verify(
         &stores,

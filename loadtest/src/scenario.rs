@@ -50,6 +50,7 @@ impl Scenario {
             max_lines: 4,
             max_quantity: 3,
             browse_share: 0.0,
+            product_pages: 0.5,
         };
         match self {
             Self::FlashSale => Shape {
@@ -92,6 +93,8 @@ pub struct Shape {
     pub max_quantity: u32,
     /// Share of iterations that browse instead of buying.
     pub browse_share: f64,
+    /// Share of browses that open one product's page rather than a list page.
+    pub product_pages: f64,
 }
 
 const PRICE_MIN: i64 = 5_000;
@@ -220,7 +223,7 @@ async fn browse(
     rng: &mut StdRng,
     intended: Instant,
 ) {
-    if rng.random_bool(0.5) {
+    if rng.random_bool(world.shape.product_pages) {
         let id = world.products[rng.random_range(0..world.products.len())];
         timed(stats, stats::GET_PRODUCT, intended, api.product(id)).await;
         return;

@@ -17,6 +17,20 @@ pub fn comment(raw: &str) -> Result<String, Invalid> {
     bounded_text(raw, 0, MAX_COMMENT_CHARS)
 }
 
+/// The count and sum of a product's ratings: what is aggregated and cached, and all a summary
+/// needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RatingTotals {
+    pub count: u64,
+    pub sum: i64,
+}
+
+impl RatingTotals {
+    pub fn summary(self) -> RatingSummary {
+        RatingSummary::from_totals(self.sum, self.count)
+    }
+}
+
 /// The average and count of a product's ratings, derived from the reviews themselves.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RatingSummary {

@@ -37,6 +37,8 @@ pub enum ApiError {
         current: i64,
     },
     IdempotencyKeyReused,
+    /// Checkout refused while the saga backlog is full; retrying later is safe.
+    Overloaded,
     Unavailable(StoreError),
     Internal(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -138,7 +140,7 @@ pub enum Problems {
     Internal(Problem),
     #[response(
         status = 503,
-        description = "unavailable: a store is not answering",
+        description = "unavailable: a store is not answering, or (checkout) too many orders are waiting to settle; see Retry-After",
         content_type = "application/problem+json"
     )]
     Unavailable(Problem),
@@ -254,6 +256,13 @@ impl ApiError {
                 "Idempotency key reused",
                 "this Idempotency-Key was already used with a different request".into(),
             ),
+            Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                "too many orders are waiting to settle; retry shortly with the same Idempotency-Key"
+                    .into(),
+            ),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -279,6 +288,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::VersionMismatch { current } => Self::VersionMismatch { current },
             ServiceError::IdempotencyKeyReused => Self::IdempotencyKeyReused,
             ServiceError::InsufficientStock { available } => Self::InsufficientStock { available },
+            ServiceError::Overloaded => Self::Overloaded,
             ServiceError::Invalid(errors) => Self::unprocessable(errors),
             ServiceError::Store(e @ StoreError::Unavailable { .. }) => Self::Unavailable(e),
             ServiceError::Store(e) => Self::Internal(Box::new(e)),
@@ -327,6 +337,9 @@ impl IntoResponse for ApiError {
         );
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

@@ -1,18 +1,21 @@
 //! The unified catalog: a product's row in Postgres, its available stock in Redis, its
 //! description and rating in MongoDB, joined on read in a fixed number of round trips per page.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
 use super::{
     ServiceError, Stores,
+    descriptions::DescriptionCache,
     page::Page,
+    ratings,
     stock::{Settlement, StockAdjuster},
 };
 use crate::{
     domain::{product::Sku, review::RatingSummary, stock::AdjustmentReason, version::Precondition},
     store::{
+        StoreError,
         documents::ReviewDoc,
         is_unique_violation,
         postgres::{
@@ -56,6 +59,7 @@ pub struct Catalog {
     stores: Stores,
     stock: StockAdjuster,
     currency: String,
+    descriptions: Arc<DescriptionCache>,
 }
 
 impl Catalog {
@@ -64,10 +68,12 @@ impl Catalog {
             stock: StockAdjuster::new(stores.clone()),
             stores,
             currency,
+            descriptions: Arc::default(),
         }
     }
 
-    /// One page of live products: one Postgres query, then Redis and MongoDB concurrently.
+    /// One page of live products: one Postgres query, then the caches (Redis, memory)
+    /// concurrently, reaching MongoDB only for what they miss.
     pub async fn list(
         &self,
         category: Option<&str>,
@@ -207,27 +213,54 @@ impl Catalog {
         &self.stock
     }
 
-    /// Adds stock, description and rating to rows: three concurrent round trips, whatever the count.
+    /// Adds stock, description and rating to rows: a fixed number of concurrent round trips,
+    /// whatever the count.
     async fn join(&self, rows: Vec<ProductRow>) -> Result<Vec<ProductView>, ServiceError> {
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-        let (stock, mut descriptions, ratings) = tokio::try_join!(
+        let (stock, descriptions, ratings) = tokio::try_join!(
             self.stores.stock.available(&ids),
-            self.stores.docs.descriptions(&ids),
-            self.stores.docs.ratings(&ids),
+            self.descriptions(&rows),
+            ratings::summaries(&self.stores, &ids),
         )?;
         Ok(rows
             .into_iter()
             .zip(stock)
-            .map(|(row, stock)| ProductView {
-                description: descriptions.remove(&row.id),
-                rating: rating_of(&ratings, row.id),
+            .zip(descriptions)
+            .zip(ratings)
+            .map(|(((row, stock), description), rating)| ProductView {
+                description,
+                rating,
                 stock,
                 row,
             })
             .collect())
     }
-}
 
-fn rating_of(ratings: &HashMap<Uuid, RatingSummary>, id: Uuid) -> RatingSummary {
-    ratings.get(&id).copied().unwrap_or(RatingSummary::NONE)
+    /// Descriptions of `rows`, in order: from memory for versions already read, one MongoDB
+    /// query for the rest.
+    async fn descriptions(&self, rows: &[ProductRow]) -> Result<Vec<Option<String>>, StoreError> {
+        let mut texts = Vec::with_capacity(rows.len());
+        let mut missing = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            match self.descriptions.get(row.id, row.version) {
+                Some(text) => texts.push(text),
+                None => {
+                    texts.push(None);
+                    missing.push(i);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(texts);
+        }
+        let ids: Vec<Uuid> = missing.iter().map(|&i| rows[i].id).collect();
+        let mut found = self.stores.docs.descriptions(&ids).await?;
+        for i in missing {
+            let text = found.remove(&rows[i].id);
+            self.descriptions
+                .put(rows[i].id, rows[i].version, text.clone());
+            texts[i] = text;
+        }
+        Ok(texts)
+    }
 }

@@ -1,10 +1,13 @@
 //! Operations the HTTP layer calls: each joins the stores for one use case and returns typed
 //! results or a [`ServiceError`]. Handlers stay a few lines because the work is here.
 
+pub mod backlog;
 pub mod catalog;
 pub mod customers;
+pub mod descriptions;
 pub mod orders;
 pub mod page;
+pub mod ratings;
 pub mod reviews;
 pub mod stock;
 
@@ -14,7 +17,10 @@ use thiserror::Error;
 
 use crate::{
     domain::FieldViolation,
-    store::{StoreError, broker::Broker, documents::CatalogDocuments, stock::StockCounters},
+    store::{
+        StoreError, broker::Broker, documents::CatalogDocuments, ratings::RatingCache,
+        stock::StockCounters,
+    },
 };
 
 /// Every store handle, cheap to clone.
@@ -23,6 +29,7 @@ pub struct Stores {
     pub pg: sqlx::PgPool,
     pub stock: StockCounters,
     pub docs: CatalogDocuments,
+    pub ratings: RatingCache,
     pub broker: Arc<Broker>,
 }
 
@@ -39,6 +46,9 @@ pub enum ServiceError {
     InvalidTransition(String),
     #[error("this idempotency key was used with a different request")]
     IdempotencyKeyReused,
+    /// Too many orders are waiting to settle to take another now.
+    #[error("too many orders are waiting to settle")]
+    Overloaded,
     #[error("only {available} units are available")]
     InsufficientStock { available: i64 },
     /// Input that is well-formed but breaks a rule (a limit, a reference).

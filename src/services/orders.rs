@@ -7,17 +7,20 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
-use super::{ServiceError, Stores, page::Page};
+use super::{ServiceError, Stores, backlog::Backlog, page::Page};
 use crate::{
     domain::{
         FieldViolation,
@@ -57,16 +60,24 @@ pub struct Orders {
     policy: Policy,
     metrics: Arc<Metrics>,
     watch: Arc<OrderWatch>,
+    backlog: Arc<Backlog>,
 }
 
 impl Orders {
-    pub fn new(stores: Stores, currency: String, policy: Policy, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        stores: Stores,
+        currency: String,
+        policy: Policy,
+        metrics: Arc<Metrics>,
+        max_pending: i64,
+    ) -> Self {
         Self {
             stores,
             currency,
             policy,
             metrics,
             watch: Arc::new(OrderWatch::default()),
+            backlog: Arc::new(Backlog::new(max_pending)),
         }
     }
 
@@ -78,6 +89,10 @@ impl Orders {
         key: &str,
         lines: &[OrderLine],
     ) -> Result<(OrderView, bool), ServiceError> {
+        if !self.backlog.admits() {
+            self.metrics.checkouts_refused.inc();
+            return Err(ServiceError::Overloaded);
+        }
         let request_hash = request_hash(lines);
         let order_id = Uuid::now_v7();
         let mut tx = self.stores.pg.begin().await?;
@@ -119,10 +134,11 @@ impl Orders {
             .collect();
         let total_minor = order::total(priced.iter().map(|&(_, q, p)| (q, p)));
 
-        let now = Utc::now();
+        // Postgres keeps microseconds: the answer, built from memory, must match later reads.
+        let now = Utc::now().trunc_subsecs(6);
         let saga_id = Uuid::now_v7();
         let (saga, first) = Saga::checkout(now, &self.policy);
-        orders::insert(
+        let (order, items) = orders::insert(
             &mut tx,
             &NewOrder {
                 id: order_id,
@@ -136,6 +152,16 @@ impl Orders {
         .await?;
         sagas::insert(&mut tx, saga_id, order_id, &saga).await?;
         let trace = messaging::new_traceparent();
+        let view = OrderView {
+            order,
+            items,
+            saga: SagaRow {
+                id: saga_id,
+                order_id,
+                version: 1,
+                saga,
+            },
+        };
         let items: Vec<Line> = lines
             .iter()
             .map(|l| Line {
@@ -175,12 +201,13 @@ impl Orders {
             .collect();
         outbox::enqueue(&mut tx, &outgoing).await?;
         tx.commit().await?;
+        self.backlog.accepted();
         self.metrics
             .sagas_started
             .get_or_create(&SagaLabels { kind: "checkout" })
             .inc();
         tracing::info!(order_id = %order_id, saga_id = %saga_id, traceparent = %trace, "order placed");
-        Ok((self.view(None, order_id).await?, true))
+        Ok((view, true))
     }
 
     /// An order the viewer may see.
@@ -216,8 +243,12 @@ impl Orders {
             if view.order.status() != OrderStatus::Pending || now >= deadline {
                 return Ok(view);
             }
-            // A notification lost while the listener reconnected costs at most a second.
-            let nap = (deadline - now).min(Duration::from_secs(1));
+            // Without a listener, notifications may be lost: poll once a second until it is back.
+            let nap = if self.watch.is_listening() {
+                deadline - now
+            } else {
+                (deadline - now).min(Duration::from_secs(1))
+            };
             let _ = tokio::time::timeout(nap, notified).await;
         }
     }
@@ -330,6 +361,13 @@ impl Orders {
             .collect()
     }
 
+    /// Keeps the count of pending orders that admission control reads, until shutdown.
+    pub async fn run_backlog_watch(self, shutdown: watch::Receiver<bool>) {
+        self.backlog
+            .run_watch(self.stores.pg.clone(), shutdown)
+            .await;
+    }
+
     /// Wakes `?wait=` requests when Postgres says an order left `pending`, until shutdown.
     pub async fn run_settlement_listener(self, mut shutdown: watch::Receiver<bool>) {
         let mut listener = loop {
@@ -345,16 +383,26 @@ impl Orders {
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         };
+        self.watch.set_listening(true);
         loop {
             tokio::select! {
-                notification = listener.recv() => match notification {
-                    Ok(n) => {
+                received = listener.try_recv() => match received {
+                    Ok(Some(n)) => {
+                        self.watch.set_listening(true);
                         if let Ok(id) = n.payload().parse() {
                             self.watch.settled(id);
                         }
                     }
+                    // The connection dropped and is back: whatever settled in between was not
+                    // announced, so every waiter reads again.
+                    Ok(None) => {
+                        self.watch.set_listening(true);
+                        self.watch.wake_all();
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "settled-order notifications interrupted");
+                        self.watch.set_listening(false);
+                        self.watch.wake_all();
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 },
@@ -378,6 +426,8 @@ fn request_hash(lines: &[OrderLine]) -> Vec<u8> {
 #[derive(Default)]
 struct OrderWatch {
     waiting: Mutex<HashMap<Uuid, Arc<Notify>>>,
+    /// Whether settlements are being announced; waiters poll while they are not.
+    listening: AtomicBool,
 }
 
 struct Waiter<'a> {
@@ -399,6 +449,28 @@ impl OrderWatch {
             watch: self,
             order_id,
             notify,
+        }
+    }
+
+    fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
+    fn set_listening(&self, on: bool) {
+        self.listening.store(on, Ordering::Relaxed);
+    }
+
+    /// Wakes every waiter to read its order again.
+    fn wake_all(&self) {
+        let all: Vec<Arc<Notify>> = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, notify)| notify)
+            .collect();
+        for notify in all {
+            notify.notify_waiters();
         }
     }
 

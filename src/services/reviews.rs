@@ -4,7 +4,7 @@ use chrono::Utc;
 use mongodb::bson;
 use uuid::Uuid;
 
-use super::{ServiceError, Stores, page::Page};
+use super::{ServiceError, Stores, page::Page, ratings};
 use crate::store::{
     documents::ReviewDoc,
     postgres::{orders, products},
@@ -40,6 +40,11 @@ impl Reviews {
             created_at: bson::DateTime::from_millis(Utc::now().timestamp_millis()),
         };
         self.stores.docs.insert_review(&review).await?;
+        // The review is saved: failing the request now would invite a duplicate on retry. The
+        // cached totals then catch up when they expire.
+        if let Err(e) = ratings::refresh(&self.stores, product_id).await {
+            tracing::warn!(error = %e, product_id = %product_id, "rating totals not refreshed");
+        }
         Ok(review)
     }
 

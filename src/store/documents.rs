@@ -1,8 +1,8 @@
 //! MongoDB: product descriptions and reviews.
 //!
-//! A product's rating (average, count) is not stored: it is aggregated from its reviews when
-//! read, so concurrent reviews can never leave it wrong, and one `$group` over a page of
-//! products costs one round trip (served by the `product_id, rating` index).
+//! A product's rating totals are not stored here: they are aggregated from its reviews (one
+//! `$group` per batch of products, served by the `product_id, rating` index) and cached in
+//! Redis by [`super::ratings`], so concurrent reviews can never leave them wrong.
 
 use std::collections::HashMap;
 
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::domain::review::RatingSummary;
+use crate::domain::review::RatingTotals;
 
 const DESCRIPTIONS: &str = "product_descriptions";
 const REVIEWS: &str = "reviews";
@@ -136,11 +136,12 @@ impl CatalogDocuments {
         }
     }
 
-    /// Ratings of the given products in one aggregation; products without reviews are absent.
-    pub async fn ratings(
+    /// Rating totals of the given products in one aggregation; products without reviews are
+    /// absent.
+    pub async fn rating_totals(
         &self,
         product_ids: &[Uuid],
-    ) -> Result<HashMap<Uuid, RatingSummary>, StoreError> {
+    ) -> Result<HashMap<Uuid, RatingTotals>, StoreError> {
         if product_ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -160,7 +161,8 @@ impl CatalogDocuments {
                 let id = g.get_str("_id").ok()?.parse().ok()?;
                 let sum = number(g.get("sum")?)?;
                 let count = number(g.get("count")?)?;
-                Some((id, RatingSummary::from_totals(sum, count.try_into().ok()?)))
+                let count = count.try_into().ok()?;
+                Some((id, RatingTotals { count, sum }))
             })
             .collect())
     }

@@ -5,6 +5,7 @@ pub mod broker;
 pub mod documents;
 pub mod history;
 pub mod postgres;
+pub mod ratings;
 pub mod stock;
 
 use thiserror::Error;

@@ -547,3 +547,50 @@ async fn contention_sells_exactly_the_stock_there_is() {
         assert_eq!(app.balance(*customer).await, 3 * PRICE - bought * PRICE);
     }
 }
+
+#[tokio::test]
+async fn checkouts_past_the_pending_limit_are_refused_and_change_nothing() {
+    // No worker roles: every accepted order stays pending.
+    let mut app = spawn_app_with_roles(&[("ORDERLY_MAX_PENDING_ORDERS", "2")], &[]).await;
+    let product = app.create_product(PRICE, 10).await;
+    let (_, token) = app.create_customer(10 * PRICE).await;
+
+    for key in ["first", "second"] {
+        let placed = app.place_order(&token, key, &[(product, 1)]).await;
+        assert_eq!(placed.status, 202, "{}", placed.body);
+        // The answer is built from what the checkout wrote; it must read the same afterwards.
+        let read = app
+            .get(&format!("/orders/{}", id(&placed.body)), Some(&token))
+            .await;
+        assert_eq!(placed.body, read.body);
+    }
+    let before = app.snapshot().await;
+    let refused = app.place_order(&token, "third", &[(product, 1)]).await;
+    refused.assert_problem(503, "unavailable");
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "a refused checkout changes nothing"
+    );
+    assert!(
+        app.metrics()
+            .await
+            .contains("orderly_checkouts_refused_total 1"),
+        "refusals are counted"
+    );
+
+    // Workers drain the backlog; the refused checkout, retried with its key, now goes through.
+    app.start_workers(&Role::ALL);
+    let mut retried = app.place_order(&token, "third", &[(product, 1)]).await;
+    for _ in 0..100 {
+        if retried.status != 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        retried = app.place_order(&token, "third", &[(product, 1)]).await;
+    }
+    assert_eq!(retried.status, 202, "{}", retried.body);
+    let settled = app.settled_order(&id(&retried.body)).await;
+    assert_eq!(settled["status"], "confirmed", "{settled}");
+}

@@ -227,3 +227,43 @@ async fn a_large_page_joins_every_product_correctly() {
         assert_eq!(item["description"], "Bahan adem.");
     }
 }
+
+#[tokio::test]
+async fn a_description_changed_by_another_process_is_served_at_its_new_version() {
+    use orderly::{
+        domain::version::Precondition,
+        services::catalog::{Catalog, ProductPatch},
+    };
+
+    let app = spawn_app().await;
+    let id = app.create_product(100, 2).await;
+    let path = format!("/products/{id}");
+    // Read once through this app, so its memory holds the description at version 1.
+    let before = app.get(&path, None).await;
+    assert_eq!(before.body["version"], 1);
+    let listed = app.get("/products", None).await;
+    assert_eq!(
+        listed.body["items"][0]["description"],
+        before.body["description"]
+    );
+
+    // Another API process (its own catalog, its own memory) changes the text.
+    let other = Catalog::new(app.stores.clone(), "IDR".into());
+    let patch = ProductPatch {
+        description: Some("Ditulis di proses lain.".into()),
+        ..ProductPatch::default()
+    };
+    other
+        .update(id, &Precondition::parse_if_match("\"1\"").unwrap(), patch)
+        .await
+        .unwrap();
+
+    let after = app.get(&path, None).await;
+    assert_eq!(after.body["version"], 2);
+    assert_eq!(after.body["description"], "Ditulis di proses lain.");
+    let listed = app.get("/products", None).await;
+    assert_eq!(
+        listed.body["items"][0]["description"],
+        "Ditulis di proses lain."
+    );
+}

@@ -122,3 +122,70 @@ async fn reviews_of_missing_products_are_not_found() {
         .assert_problem(404, "not_found");
     app.get(&path, None).await.assert_problem(404, "not_found");
 }
+
+#[tokio::test]
+async fn rating_totals_are_cached_never_regress_and_are_rebuilt_when_lost() {
+    use orderly::domain::review::RatingTotals;
+
+    let app = spawn_app().await;
+    let product = app.create_product(100, 1).await;
+    let path = format!("/products/{product}/reviews");
+    for rating in [5, 3] {
+        let (_, token) = app.create_customer(0).await;
+        let r = app
+            .post(&path, Some(&token), &json!({"rating": rating}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let cached = |app: &crate::helpers::TestApp| {
+        let ratings = app.stores.ratings.clone();
+        async move { ratings.get(&[product]).await.unwrap()[0] }
+    };
+    assert_eq!(
+        cached(&app).await,
+        Some(RatingTotals { count: 2, sum: 8 }),
+        "each review recomputes the totals into Redis"
+    );
+
+    // A writer that aggregated before the second review arrives late: it must not win.
+    app.stores
+        .ratings
+        .put(product, RatingTotals { count: 1, sum: 5 })
+        .await
+        .unwrap();
+    assert_eq!(cached(&app).await, Some(RatingTotals { count: 2, sum: 8 }));
+
+    let key = app.stores.ratings.key(product);
+    let mut redis = app.stores.stock.connection();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 60_000,
+        "cached totals expire (ttl {ttl} ms)"
+    );
+
+    // Lost (expired, flushed): the next read aggregates MongoDB again and caches the result.
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let listed = app.get("/products", None).await;
+    assert_eq!(
+        listed.body["items"][0]["rating"],
+        json!({"average": 4.0, "count": 2})
+    );
+    assert_eq!(cached(&app).await, Some(RatingTotals { count: 2, sum: 8 }));
+
+    // A product nobody reviewed is cached too, as zero, so its pages skip MongoDB as well.
+    let quiet = app.create_product(100, 1).await;
+    let shown = app.get(&format!("/products/{quiet}"), None).await;
+    assert_eq!(shown.body["rating"], json!({"average": null, "count": 0}));
+    assert_eq!(
+        app.stores.ratings.get(&[quiet]).await.unwrap()[0],
+        Some(RatingTotals::default())
+    );
+}

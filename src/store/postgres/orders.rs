@@ -57,18 +57,22 @@ pub struct NewOrder<'a> {
     pub lines: &'a [(Uuid, i64, i64)],
 }
 
-/// Inserts a `pending` order whose history starts with event 1 (`order_placed`).
-pub async fn insert(conn: &mut PgConnection, order: &NewOrder<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Inserts a `pending` order whose history starts with event 1 (`order_placed`); returns the
+/// row and its items as stored.
+pub async fn insert(
+    conn: &mut PgConnection,
+    order: &NewOrder<'_>,
+) -> Result<(OrderRow, Vec<ItemRow>), sqlx::Error> {
+    let row: OrderRow = sqlx::query_as(&format!(
         "INSERT INTO orders (id, customer_id, status, total_minor, currency, saga_id, last_seq) \
-         VALUES ($1, $2, 'pending', $3, $4, $5, 1)",
-    )
+         VALUES ($1, $2, 'pending', $3, $4, $5, 1) RETURNING {COLUMNS}"
+    ))
     .bind(order.id)
     .bind(order.customer_id)
     .bind(order.total_minor)
     .bind(order.currency)
     .bind(order.saga_id)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
     let lines: Vec<i16> = (0..order.lines.len() as i16).collect();
     let products: Vec<Uuid> = order.lines.iter().map(|l| l.0).collect();
@@ -84,8 +88,26 @@ pub async fn insert(conn: &mut PgConnection, order: &NewOrder<'_>) -> Result<(),
     .bind(&quantities)
     .bind(&prices)
     .execute(conn)
-    .await
-    .map(drop)
+    .await?;
+    let items = order
+        .lines
+        .iter()
+        .zip(quantities)
+        .map(|(&(product_id, _, price_minor), quantity)| ItemRow {
+            order_id: order.id,
+            product_id,
+            quantity,
+            price_minor,
+        })
+        .collect();
+    Ok((row, items))
+}
+
+/// Orders whose checkout has not settled yet (served by `orders_by_status`).
+pub async fn pending_count(pool: &sqlx::PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'pending'")
+        .fetch_one(pool)
+        .await
 }
 
 pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {

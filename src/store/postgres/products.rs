@@ -104,15 +104,31 @@ pub async fn list_live(
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<ProductRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "{SELECT_LIVE} AND ($1::text IS NULL OR c.name = $1) AND ($2::uuid IS NULL OR p.id > $2) \
-         ORDER BY p.id LIMIT $3"
-    ))
-    .bind(category)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    // One statement per filter rather than `($1 IS NULL OR …)`: a prepared statement's generic
+    // plan cannot use an index for an optional condition, and sorted the whole catalog for
+    // every page. The nil UUID sorts before every id, so "no cursor" is `id > nil`.
+    let after = after.unwrap_or(Uuid::nil());
+    match category {
+        None => {
+            sqlx::query_as(&format!(
+                "{SELECT_LIVE} AND p.id > $1 ORDER BY p.id LIMIT $2"
+            ))
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        }
+        Some(name) => {
+            sqlx::query_as(&format!(
+                "{SELECT_LIVE} AND p.id > $1 AND c.name = $3 ORDER BY p.id LIMIT $2"
+            ))
+            .bind(after)
+            .bind(limit)
+            .bind(name)
+            .fetch_all(pool)
+            .await
+        }
+    }
 }
 
 /// Applies `changes` when the product is live and at one of `versions` (any, when `None`);
