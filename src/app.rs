@@ -21,9 +21,10 @@ use crate::{
 };
 
 /// Connects every store, applying migrations and creating indexes on the way.
-pub async fn connect(settings: &Settings) -> anyhow::Result<Stores> {
+/// Every store, with a Postgres pool of up to `pg_pool` connections.
+pub async fn connect(settings: &Settings, pg_pool: u32) -> anyhow::Result<Stores> {
     Currency::parse(&settings.currency).context("ORDERLY_CURRENCY")?;
-    let pg = postgres::migrate(settings)
+    let pg = postgres::migrate(settings, pg_pool)
         .await
         .context("connecting to Postgres")?;
     let stock = StockCounters::connect(&settings.redis_url, &settings.redis_prefix)
@@ -67,7 +68,7 @@ impl Application {
 
     /// The API with the given worker roles (none for `orderly api`).
     pub async fn build_with_roles(settings: Settings, roles: Vec<Role>) -> anyhow::Result<Self> {
-        let stores = connect(&settings).await?;
+        let stores = connect(&settings, settings.pg_max_connections).await?;
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("binding {}", settings.http_addr))?;
@@ -75,7 +76,7 @@ impl Application {
             stores.clone()
         } else {
             Stores {
-                pg: postgres::connect(&settings)
+                pg: postgres::connect(&settings, settings.worker_pg_max_connections)
                     .await
                     .context("connecting to Postgres")?,
                 ..stores.clone()
@@ -184,7 +185,7 @@ async fn drain(mut tasks: JoinSet<()>, grace: Duration) {
 /// stops taking messages and finishes those in flight.
 pub async fn work(settings: Settings, roles: Vec<Role>) -> anyhow::Result<()> {
     tracing::info!(settings = ?settings, roles = ?roles, "starting worker");
-    let stores = connect(&settings).await?;
+    let stores = connect(&settings, settings.worker_pg_max_connections).await?;
     let metrics = Arc::new(Metrics::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -230,7 +231,7 @@ pub async fn serve(settings: Settings, roles: Vec<Role>) -> anyhow::Result<()> {
 
 /// `orderly migrate`.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    postgres::migrate(settings)
+    postgres::migrate(settings, 1)
         .await
         .context("migrating Postgres")?;
     println!("migrations applied");
@@ -239,7 +240,7 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 
 /// `orderly seed`: prints the demo credentials as `KEY=value` lines for scripts.
 pub async fn seed(settings: &Settings) -> anyhow::Result<()> {
-    let stores = connect(settings).await?;
+    let stores = connect(settings, settings.pg_max_connections).await?;
     let demo = seed::run(&stores, &settings.currency).await?;
     println!("ORDERLY_DEMO_CUSTOMER_ID={}", demo.customer_id);
     println!("ORDERLY_DEMO_CUSTOMER_TOKEN={}", demo.customer_token);

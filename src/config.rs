@@ -17,6 +17,8 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     pub database_url: String,
     pub pg_max_connections: u32,
+    /// The worker roles' pool: `orderly worker`'s only pool, and `orderly run`'s second one.
+    pub worker_pg_max_connections: u32,
     pub redis_url: String,
     /// Prefix of every Redis key orderly touches; tests give each app its own.
     pub redis_prefix: String,
@@ -113,6 +115,7 @@ impl Settings {
             None if dev_mode => DEV_ADMIN_TOKEN.to_owned(),
             None => return Err(SettingsError::MissingAdminToken),
         };
+        let pg_max_connections = parse(vars, "ORDERLY_PG_MAX_CONNECTIONS", 32)?;
         let log_format = match get("ORDERLY_LOG_FORMAT", "text").as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -129,7 +132,12 @@ impl Settings {
                 "ORDERLY_DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/orderly",
             ),
-            pg_max_connections: parse(vars, "ORDERLY_PG_MAX_CONNECTIONS", 32)?,
+            pg_max_connections,
+            worker_pg_max_connections: parse(
+                vars,
+                "ORDERLY_WORKER_PG_MAX_CONNECTIONS",
+                default_worker_pool(),
+            )?,
             redis_url: get("ORDERLY_REDIS_URL", "redis://127.0.0.1:6379"),
             redis_prefix: get("ORDERLY_REDIS_PREFIX", "orderly:"),
             mongodb_url: get("ORDERLY_MONGODB_URL", "mongodb://127.0.0.1:27017"),
@@ -168,6 +176,15 @@ impl Settings {
             max_pending_orders: parse(vars, "ORDERLY_MAX_PENDING_ORDERS", 250)?,
         })
     }
+}
+
+/// Twice the cores. The roles' transactions are short and Postgres-bound: past a couple per
+/// core they only queue inside Postgres, where they also delay the API's queries. Measured on
+/// 2 cores at 250 orders/s: 32 connections gave `POST /orders` a p99 of 286 ms, 4 gave 56 ms,
+/// at the same throughput; 2 cost a third of it.
+fn default_worker_pool() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+    (2 * cores).max(4)
 }
 
 fn parse<T>(

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub stale_replies: Counter,
     /// Checkouts refused by admission control while too many orders were pending.
     pub checkouts_refused: Counter,
+    /// Orders pending as admission control last read them (API processes only).
+    pub orders_pending: Gauge,
     /// Rows waiting in the outbox, as of the last scrape or relay pass.
     pub outbox_backlog: Gauge,
     pub messages_consumed: Family<QueueLabels, Counter>,
@@ -117,6 +119,12 @@ impl Default for Metrics {
             "Checkouts answered 503 because too many orders were pending",
             checkouts_refused.clone(),
         );
+        let orders_pending = Gauge::default();
+        registry.register(
+            "orders_pending",
+            "Orders not yet settled, as admission control last counted them",
+            orders_pending.clone(),
+        );
         let outbox_backlog = Gauge::default();
         registry.register(
             "outbox_backlog",
@@ -158,6 +166,7 @@ impl Default for Metrics {
             step_retries,
             stale_replies,
             checkouts_refused,
+            orders_pending,
             outbox_backlog,
             messages_consumed,
             messages_redelivered,

@@ -77,7 +77,8 @@ struct LoadArgs {
     /// Seconds per store baseline (Postgres, Redis, RabbitMQ, MongoDB); 0 skips them.
     #[arg(long, default_value_t = 3.0)]
     baseline_secs: f64,
-    /// Where the report goes (default: loadtest/results/<scenario>).
+    /// Where the report goes (default: loadtest/results/<scenario>, with `-rate-<R>` in the
+    /// open model, so one scenario's closed and open runs keep their own reports).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Keep the run's database, keys and queues instead of removing them.
@@ -137,8 +138,12 @@ impl LoadArgs {
             binary,
             urls: StoreUrls::from_env(),
             out_dir: self.out.clone().unwrap_or_else(|| {
+                let open = match model {
+                    Model::Open { rate, .. } => format!("-rate-{rate}"),
+                    Model::Closed { .. } => String::new(),
+                };
                 PathBuf::from(format!(
-                    "loadtest/results/{}{out_suffix}",
+                    "loadtest/results/{}{open}{out_suffix}",
                     self.scenario.name()
                 ))
             }),

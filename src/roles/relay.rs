@@ -55,7 +55,9 @@ async fn relay(
     context.topology.declare(&channel).await?;
     let _ = channel.close(200, "declared").await;
     let publisher = Publisher::open(&connection, context.topology.clone()).await?;
-    let mut listener = PgListener::connect_with(&context.stores.pg).await?;
+    // A connection of its own: a listener holds its connection for good, and the roles' pool
+    // is kept small on purpose (see `ORDERLY_WORKER_PG_MAX_CONNECTIONS`).
+    let mut listener = PgListener::connect(&context.settings.database_url).await?;
     listener.listen("orderly_outbox").await?;
     tracing::info!("relaying the outbox");
     backoff.reset();

@@ -1,5 +1,6 @@
 //! The unified catalog: a product's row in Postgres, its available stock in Redis, its
-//! description and rating in MongoDB, joined on read in a fixed number of round trips per page.
+//! description and rating from MongoDB (through the caches in [`super::descriptions`] and
+//! [`super::ratings`]), joined on read in a fixed number of round trips per page.
 
 use std::sync::Arc;
 

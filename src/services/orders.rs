@@ -72,12 +72,12 @@ impl Orders {
         max_pending: i64,
     ) -> Self {
         Self {
+            backlog: Arc::new(Backlog::new(max_pending, metrics.orders_pending.clone())),
             stores,
             currency,
             policy,
             metrics,
             watch: Arc::new(OrderWatch::default()),
-            backlog: Arc::new(Backlog::new(max_pending)),
         }
     }
 
@@ -201,7 +201,6 @@ impl Orders {
             .collect();
         outbox::enqueue(&mut tx, &outgoing).await?;
         tx.commit().await?;
-        self.backlog.accepted();
         self.metrics
             .sagas_started
             .get_or_create(&SagaLabels { kind: "checkout" })

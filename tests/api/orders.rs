@@ -564,6 +564,13 @@ async fn checkouts_past_the_pending_limit_are_refused_and_change_nothing() {
             .await;
         assert_eq!(placed.body, read.body);
     }
+    // Admission control reads the count from Postgres five times a second.
+    for _ in 0..100 {
+        if app.metrics().await.contains("orderly_orders_pending 2") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let before = app.snapshot().await;
     let refused = app.place_order(&token, "third", &[(product, 1)]).await;
     refused.assert_problem(503, "unavailable");

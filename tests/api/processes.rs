@@ -209,7 +209,9 @@ async fn a_worker_killed_mid_load_loses_nothing_and_doubles_nothing() {
     .await;
 
     // No oversell: what confirmed orders hold is what left `available`, never more than stock.
-    let stores = orderly::app::connect(&settings).await.unwrap();
+    let stores = orderly::app::connect(&settings, settings.pg_max_connections)
+        .await
+        .unwrap();
     let product_uuid: Uuid = product_id.parse().unwrap();
     let confirmed: Vec<&Value> = settled
         .iter()

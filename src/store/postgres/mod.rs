@@ -22,11 +22,11 @@ use crate::config::Settings;
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Opens the pool, failing fast when Postgres does not answer.
-pub async fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+/// Opens a pool of up to `size` connections, failing fast when Postgres does not answer.
+pub async fn connect(settings: &Settings, size: u32) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = settings.database_url.parse()?;
     PgPoolOptions::new()
-        .max_connections(settings.pg_max_connections)
+        .max_connections(size.max(1))
         .acquire_timeout(Duration::from_secs(5))
         // sqlx pings every connection it hands out by default: a round trip before each query,
         // the largest single cost the load test's profile found. A connection that broke while
@@ -36,8 +36,9 @@ pub async fn connect(settings: &Settings) -> Result<PgPool, sqlx::Error> {
         .await
 }
 
-/// Creates the database when missing, then applies every pending migration.
-pub async fn migrate(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+/// Creates the database when missing, then applies every pending migration; returns a pool of
+/// up to `size` connections.
+pub async fn migrate(settings: &Settings, size: u32) -> Result<PgPool, sqlx::Error> {
     if !sqlx::Postgres::database_exists(&settings.database_url).await? {
         // Two processes may race here on a fresh machine; the loser's "already exists" is fine.
         if let Err(e) = sqlx::Postgres::create_database(&settings.database_url).await
@@ -46,7 +47,7 @@ pub async fn migrate(settings: &Settings) -> Result<PgPool, sqlx::Error> {
             return Err(e);
         }
     }
-    let pool = connect(settings).await?;
+    let pool = connect(settings, size).await?;
     MIGRATOR.run(&pool).await?;
     Ok(pool)
 }
