@@ -65,11 +65,25 @@ impl Api {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> reqwest::Result<Answer> {
+        self.send_reading(request, |bytes| {
+            serde_json::from_slice(bytes).unwrap_or(Value::Null)
+        })
+        .await
+    }
+
+    /// Sends `request`; `read` turns the body into what the answer keeps.
+    async fn send_reading(
+        &self,
+        request: reqwest::RequestBuilder,
+        read: impl FnOnce(&[u8]) -> Value,
+    ) -> reqwest::Result<Answer> {
         let response = request.send().await?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await?;
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(Answer { status, body })
+        Ok(Answer {
+            status,
+            body: read(&bytes),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -189,17 +203,16 @@ impl Api {
         if let Some(cursor) = cursor {
             request = request.query(&[("cursor", cursor)]);
         }
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await?;
-        let body = match serde_json::from_slice::<Head>(&bytes) {
-            Ok(head) => json!({
-                "item_count": head.items.len(),
-                "next_cursor": head.next_cursor,
-            }),
-            Err(_) => Value::Null,
-        };
-        Ok(Answer { status, body })
+        self.send_reading(request, |bytes| {
+            match serde_json::from_slice::<Head>(bytes) {
+                Ok(head) => json!({
+                    "item_count": head.items.len(),
+                    "next_cursor": head.next_cursor,
+                }),
+                Err(_) => Value::Null,
+            }
+        })
+        .await
     }
 
     pub async fn product(&self, id: Uuid) -> reqwest::Result<Answer> {

@@ -10,6 +10,20 @@ pub mod stock;
 
 use thiserror::Error;
 
+/// `MGET` of `keys` in one round trip, values in the order of the keys; no keys, no trip.
+async fn mget<T: redis::FromRedisValue>(
+    redis: &redis::aio::ConnectionManager,
+    keys: &[String],
+) -> Result<Vec<Option<T>>, StoreError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(redis::cmd("MGET")
+        .arg(keys)
+        .query_async(&mut redis.clone())
+        .await?)
+}
+
 /// A store failed. `Unavailable` means it did not answer (retry later, `503`); `Failed` means it
 /// answered with an error we did not expect (a bug, `500`).
 #[derive(Debug, Error)]

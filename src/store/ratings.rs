@@ -42,14 +42,8 @@ impl RatingCache {
 
     /// Cached totals in the order of `product_ids`; `None` where nothing (readable) is cached.
     pub async fn get(&self, product_ids: &[Uuid]) -> Result<Vec<Option<RatingTotals>>, StoreError> {
-        if product_ids.is_empty() {
-            return Ok(Vec::new());
-        }
         let keys: Vec<String> = product_ids.iter().map(|&id| self.key(id)).collect();
-        let values: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.redis.clone())
-            .await?;
+        let values: Vec<Option<String>> = super::mget(&self.redis, &keys).await?;
         Ok(values
             .iter()
             .map(|v| v.as_deref().and_then(decode))

@@ -130,17 +130,11 @@ impl StockCounters {
     /// Available stock for each product, in the order given, in one round trip. A product Redis
     /// has never heard of has none available.
     pub async fn available(&self, product_ids: &[Uuid]) -> Result<Vec<i64>, StoreError> {
-        if product_ids.is_empty() {
-            return Ok(Vec::new());
-        }
         let keys: Vec<String> = product_ids
             .iter()
             .map(|&id| self.available_key(id))
             .collect();
-        let values: Vec<Option<i64>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.redis.clone())
-            .await?;
+        let values: Vec<Option<i64>> = super::mget(&self.redis, &keys).await?;
         Ok(values.into_iter().map(Option::unwrap_or_default).collect())
     }
 
