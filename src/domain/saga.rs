@@ -181,6 +181,11 @@ impl Action {
             Self::RefundPayment => "refund_payment",
         }
     }
+
+    /// Does the command act on stock (and so carry the order's lines)?
+    pub fn moves_stock(self) -> bool {
+        matches!(self, Self::ReserveStock | Self::ReleaseStock)
+    }
 }
 
 /// A command to send, with its attempt number (1 for the first).

@@ -76,11 +76,9 @@ impl Orchestrator {
             {
                 return Ok(());
             }
-            let Some(row) = sagas::find(&mut tx, saga_id).await? else {
+            // Every saga has its order (a foreign key), so a missing row means no saga.
+            let Some((row, order)) = sagas::find_with_order(&mut tx, saga_id).await? else {
                 return Err(HandleError::Permanent(format!("no saga {saga_id}")));
-            };
-            let Some(order) = orders::find(&mut tx, row.order_id).await? else {
-                return Err(HandleError::Permanent(format!("no order {}", row.order_id)));
             };
             let now = Utc::now();
             let mut saga = row.saga.clone();
@@ -166,16 +164,20 @@ impl Orchestrator {
         if transition.commands.is_empty() {
             return Ok(());
         }
-        // Read in the caller's transaction: taking a second connection while holding one could
-        // exhaust the pool with every handler waiting on another.
-        let items: Vec<Line> = orders::items(&mut *tx, &[order.id])
-            .await?
-            .into_iter()
-            .map(|i| Line {
-                product_id: i.product_id,
-                quantity: i64::from(i.quantity),
-            })
-            .collect();
+        // Only stock commands carry the lines; a charge or a refund needs no read.
+        let mut items: Vec<Line> = Vec::new();
+        if transition.commands.iter().any(|c| c.action.moves_stock()) {
+            // Read in the caller's transaction: taking a second connection while holding one
+            // could exhaust the pool with every handler waiting on another.
+            items = orders::items(&mut *tx, &[order.id])
+                .await?
+                .into_iter()
+                .map(|i| Line {
+                    product_id: i.product_id,
+                    quantity: i64::from(i.quantity),
+                })
+                .collect();
+        }
         for command in &transition.commands {
             let body = Body::command(command.action, &items, order.customer_id, order.total_minor);
             out.push(

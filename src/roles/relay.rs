@@ -1,11 +1,11 @@
 //! The relay: moves outbox rows to RabbitMQ.
 //!
-//! A pass locks a batch of the oldest rows with `FOR UPDATE SKIP LOCKED` (so any number of
-//! relays share the work without waiting on each other), publishes them, waits for RabbitMQ's
-//! confirms, deletes them and commits. A crash between the confirm and the commit publishes the
-//! batch again later: consumers dedupe by message id. The relay sleeps until Postgres notifies
-//! it of new rows (`LISTEN orderly_outbox`), or a short poll interval passes in case a
-//! notification was lost while reconnecting.
+//! A pass deletes a batch of the oldest rows, skipping rows other relays hold (so any number
+//! of relays share the work without waiting on each other), publishes them, waits for
+//! RabbitMQ's confirms and only then commits the delete. A crash between the confirm and the
+//! commit publishes the batch again later: consumers dedupe by message id. The relay sleeps
+//! until Postgres notifies it of new rows (`LISTEN orderly_outbox`), or a short poll interval
+//! passes in case a notification was lost while reconnecting.
 
 use sqlx::postgres::PgListener;
 use thiserror::Error;
@@ -90,13 +90,11 @@ async fn relay(
 /// Publishes one batch; returns how many rows it moved.
 async fn pass(context: &RoleContext, publisher: &Publisher) -> Result<usize, RelayError> {
     let mut tx = context.stores.pg.begin().await?;
-    let rows = outbox::take(&mut tx, context.settings.relay_batch).await?;
-    if rows.is_empty() {
+    let envelopes = outbox::take(&mut tx, context.settings.relay_batch).await?;
+    if envelopes.is_empty() {
         return Ok(0);
     }
-    let (ids, envelopes): (Vec<i64>, Vec<_>) = rows.into_iter().unzip();
     publisher.publish_all(&envelopes).await?;
-    outbox::remove(&mut tx, &ids).await?;
     tx.commit().await?;
-    Ok(ids.len())
+    Ok(envelopes.len())
 }

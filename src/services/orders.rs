@@ -1,6 +1,6 @@
 //! Checkout and the order endpoints: the `api` role's side of the saga.
 //!
-//! A checkout writes, in one transaction, the idempotency key, the order at catalog prices, its
+//! A checkout writes, in one statement, the idempotency key, the order at catalog prices, its
 //! saga and two outbox rows (`reserve_stock` and the `order_placed` history event). From there
 //! the saga belongs to the workers; this module only reads what they did, and records a
 //! customer's cancel for the orchestrator to act on.
@@ -35,7 +35,8 @@ use crate::{
     store::{
         history::OrderHistory,
         postgres::{
-            orders::{self, ItemRow, KeyClaim, NewOrder, OrderRow},
+            checkout::{self, Placement},
+            orders::{self, ItemRow, NewOrder, OrderRow},
             outbox, products,
             sagas::{self, SagaRow},
         },
@@ -94,24 +95,8 @@ impl Orders {
             return Err(ServiceError::Overloaded);
         }
         let request_hash = request_hash(lines);
-        let order_id = Uuid::now_v7();
-        let mut tx = self.stores.pg.begin().await?;
-        match orders::claim_key(&mut tx, customer_id, key, &request_hash, order_id).await? {
-            KeyClaim::New => {}
-            KeyClaim::Used {
-                request_hash: first,
-                order_id,
-            } => {
-                drop(tx);
-                if first != request_hash {
-                    return Err(ServiceError::IdempotencyKeyReused);
-                }
-                return Ok((self.view(None, order_id).await?, false));
-            }
-        }
-
         let ids: Vec<Uuid> = lines.iter().map(|l| l.product_id).collect();
-        let prices: HashMap<Uuid, i64> = products::live_prices(&mut tx, &ids)
+        let prices: HashMap<Uuid, i64> = products::live_prices(&self.stores.pg, &ids)
             .await?
             .into_iter()
             .collect();
@@ -125,8 +110,12 @@ impl Orders {
             })
             .collect();
         if !missing.is_empty() {
-            // Rolling back releases the key: the client may fix the lines and reuse it.
-            return Err(ServiceError::Invalid(missing));
+            // A retry of a checkout that went through gets its order even if a product has
+            // gone since. A refused request claims no key: the client may fix it and reuse it.
+            return match self.replay(customer_id, key, &request_hash).await? {
+                Some(view) => Ok((view, false)),
+                None => Err(ServiceError::Invalid(missing)),
+            };
         }
         let priced: Vec<(Uuid, i64, i64)> = lines
             .iter()
@@ -136,32 +125,10 @@ impl Orders {
 
         // Postgres keeps microseconds: the answer, built from memory, must match later reads.
         let now = Utc::now().trunc_subsecs(6);
+        let order_id = Uuid::now_v7();
         let saga_id = Uuid::now_v7();
         let (saga, first) = Saga::checkout(now, &self.policy);
-        let (order, items) = orders::insert(
-            &mut tx,
-            &NewOrder {
-                id: order_id,
-                customer_id,
-                total_minor,
-                currency: &self.currency,
-                saga_id,
-                lines: &priced,
-            },
-        )
-        .await?;
-        sagas::insert(&mut tx, saga_id, order_id, &saga).await?;
         let trace = messaging::new_traceparent();
-        let view = OrderView {
-            order,
-            items,
-            saga: SagaRow {
-                id: saga_id,
-                order_id,
-                version: 1,
-                saga,
-            },
-        };
         let items: Vec<Line> = lines
             .iter()
             .map(|l| Line {
@@ -199,14 +166,59 @@ impl Orders {
             .into_iter()
             .map(|e| e.with_traceparent(Some(trace.clone())))
             .collect();
-        outbox::enqueue(&mut tx, &outgoing).await?;
-        tx.commit().await?;
+        let placement = Placement {
+            order: NewOrder {
+                id: order_id,
+                customer_id,
+                total_minor,
+                currency: &self.currency,
+                saga_id,
+                lines: &priced,
+            },
+            key,
+            request_hash: &request_hash,
+            saga: &saga,
+            outgoing: &outgoing,
+        };
+        let Some((order, items)) = checkout::place(&self.stores.pg, &placement).await? else {
+            // The key was used first, by this request's earlier try or by a concurrent one that
+            // the insert waited for. Keys are never deleted, so it is there to read.
+            let view = self.replay(customer_id, key, &request_hash).await?;
+            return view
+                .map(|v| (v, false))
+                .ok_or_else(|| ServiceError::Conflict("the idempotency key is in use".into()));
+        };
+        let view = OrderView {
+            order,
+            items,
+            saga: SagaRow {
+                id: saga_id,
+                order_id,
+                version: 1,
+                saga,
+            },
+        };
         self.metrics
             .sagas_started
             .get_or_create(&SagaLabels { kind: "checkout" })
             .inc();
         tracing::info!(order_id = %order_id, saga_id = %saga_id, traceparent = %trace, "order placed");
         Ok((view, true))
+    }
+
+    /// The order `(customer, key)` placed, if the key was used: refused when it was used for a
+    /// different request.
+    async fn replay(
+        &self,
+        customer_id: Uuid,
+        key: &str,
+        request_hash: &[u8],
+    ) -> Result<Option<OrderView>, ServiceError> {
+        match orders::key_use(&self.stores.pg, customer_id, key).await? {
+            None => Ok(None),
+            Some((first, _)) if first != request_hash => Err(ServiceError::IdempotencyKeyReused),
+            Some((_, order_id)) => Ok(Some(self.view(None, order_id).await?)),
+        }
     }
 
     /// An order the viewer may see.

@@ -382,6 +382,29 @@ async fn one_key_places_one_order_however_often_it_is_sent() {
 
     let listed = app.get("/orders?limit=200", Some(&token)).await;
     assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
+
+    // A retry gets its order even after a product in it left the catalog ...
+    let deleted = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/products/{product}"),
+            app.admin(),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 204);
+    let retried = app.place_order(&token, "same-key", &[(product, 1)]).await;
+    assert_eq!(retried.status, 200);
+    assert_eq!(id(&retried.body), order);
+    // ... while a refused request claims no key: fixed, it goes through under the same key.
+    app.place_order(&token, "fresh-key", &[(product, 1)])
+        .await
+        .assert_problem(422, "validation_failed");
+    let other_product = app.create_product(PRICE, 1).await;
+    let fixed = app
+        .place_order(&token, "fresh-key", &[(other_product, 1)])
+        .await;
+    assert_eq!(fixed.status, 202);
 }
 
 #[tokio::test]

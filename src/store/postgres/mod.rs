@@ -1,5 +1,6 @@
 //! Postgres: the pool, migrations, and one module per table group.
 
+pub mod checkout;
 pub mod customers;
 pub mod inbox;
 pub mod orders;

@@ -35,8 +35,13 @@ impl OrderRow {
     }
 }
 
-const COLUMNS: &str = "id, customer_id, status, reason, total_minor, currency::text AS currency, \
-    saga_id, cancel_requested_at, last_seq, version, created_at, updated_at";
+pub(super) const COLUMNS: &str = "id, customer_id, status, reason, total_minor, \
+    currency::text AS currency, saga_id, cancel_requested_at, last_seq, version, created_at, \
+    updated_at";
+/// [`COLUMNS`] of an `orders o` in a join.
+pub(super) const COLUMNS_OF_O: &str = "o.id, o.customer_id, o.status, o.reason, o.total_minor, \
+    o.currency::text AS currency, o.saga_id, o.cancel_requested_at, o.last_seq, o.version, \
+    o.created_at, o.updated_at";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct ItemRow {
@@ -46,7 +51,7 @@ pub struct ItemRow {
     pub price_minor: i64,
 }
 
-/// A new order and its priced lines.
+/// A new order and its priced lines (written by [`super::checkout::place`]).
 pub struct NewOrder<'a> {
     pub id: Uuid,
     pub customer_id: Uuid,
@@ -55,52 +60,6 @@ pub struct NewOrder<'a> {
     pub saga_id: Uuid,
     /// `(product, quantity, price)` per line.
     pub lines: &'a [(Uuid, i64, i64)],
-}
-
-/// Inserts a `pending` order whose history starts with event 1 (`order_placed`); returns the
-/// row and its items as stored.
-pub async fn insert(
-    conn: &mut PgConnection,
-    order: &NewOrder<'_>,
-) -> Result<(OrderRow, Vec<ItemRow>), sqlx::Error> {
-    let row: OrderRow = sqlx::query_as(&format!(
-        "INSERT INTO orders (id, customer_id, status, total_minor, currency, saga_id, last_seq) \
-         VALUES ($1, $2, 'pending', $3, $4, $5, 1) RETURNING {COLUMNS}"
-    ))
-    .bind(order.id)
-    .bind(order.customer_id)
-    .bind(order.total_minor)
-    .bind(order.currency)
-    .bind(order.saga_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let lines: Vec<i16> = (0..order.lines.len() as i16).collect();
-    let products: Vec<Uuid> = order.lines.iter().map(|l| l.0).collect();
-    let quantities: Vec<i32> = order.lines.iter().map(|l| l.1 as i32).collect();
-    let prices: Vec<i64> = order.lines.iter().map(|l| l.2).collect();
-    sqlx::query(
-        "INSERT INTO order_items (order_id, line, product_id, quantity, price_minor) \
-         SELECT $1, * FROM UNNEST($2::smallint[], $3::uuid[], $4::int[], $5::bigint[])",
-    )
-    .bind(order.id)
-    .bind(&lines)
-    .bind(&products)
-    .bind(&quantities)
-    .bind(&prices)
-    .execute(conn)
-    .await?;
-    let items = order
-        .lines
-        .iter()
-        .zip(quantities)
-        .map(|(&(product_id, _, price_minor), quantity)| ItemRow {
-            order_id: order.id,
-            product_id,
-            quantity,
-            price_minor,
-        })
-        .collect();
-    Ok((row, items))
 }
 
 /// Orders whose checkout has not settled yet (served by `orders_by_status`).
@@ -213,49 +172,17 @@ pub async fn has_confirmed_purchase(
     .await
 }
 
-/// What a key was first used for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyClaim {
-    /// The key is new: the caller's transaction owns it.
-    New,
-    /// The key was used before (perhaps by a request still committing: this waited for it).
-    Used {
-        request_hash: Vec<u8>,
-        order_id: Uuid,
-    },
-}
-
-/// Claims `(customer, key)` for `order_id`. The primary key decides between concurrent
-/// requests: the losers wait for the winner's transaction and then read what it stored.
-pub async fn claim_key(
-    conn: &mut PgConnection,
+/// What `(customer, key)` was first used for: the request's hash and the order it placed.
+pub async fn key_use(
+    conn: impl sqlx::PgExecutor<'_>,
     customer_id: Uuid,
     key: &str,
-    request_hash: &[u8],
-    order_id: Uuid,
-) -> Result<KeyClaim, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (customer_id, key, request_hash, order_id) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-    )
-    .bind(customer_id)
-    .bind(key)
-    .bind(request_hash)
-    .bind(order_id)
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 1 {
-        return Ok(KeyClaim::New);
-    }
-    let (request_hash, order_id): (Vec<u8>, Uuid) = sqlx::query_as(
+) -> Result<Option<(Vec<u8>, Uuid)>, sqlx::Error> {
+    sqlx::query_as(
         "SELECT request_hash, order_id FROM idempotency_keys WHERE customer_id = $1 AND key = $2",
     )
     .bind(customer_id)
     .bind(key)
-    .fetch_one(conn)
-    .await?;
-    Ok(KeyClaim::Used {
-        request_hash,
-        order_id,
-    })
+    .fetch_optional(conn)
+    .await
 }

@@ -5,54 +5,67 @@ use sqlx::{PgConnection, PgPool, types::Json};
 
 use crate::messaging::envelope::Envelope;
 
+/// The outbox columns of `envelopes`, one array per column, for an `UNNEST` insert.
+pub(super) struct Rows<'a> {
+    pub ids: Vec<uuid::Uuid>,
+    pub exchanges: Vec<&'static str>,
+    pub keys: Vec<String>,
+    pub bodies: Vec<Json<&'a Envelope>>,
+}
+
+impl<'a> Rows<'a> {
+    pub(super) fn of(envelopes: &'a [Envelope]) -> Self {
+        let mut rows = Self {
+            ids: Vec::with_capacity(envelopes.len()),
+            exchanges: Vec::with_capacity(envelopes.len()),
+            keys: Vec::with_capacity(envelopes.len()),
+            bodies: Vec::with_capacity(envelopes.len()),
+        };
+        for envelope in envelopes {
+            let (exchange, key) = envelope.body.route();
+            rows.ids.push(envelope.message_id);
+            rows.exchanges.push(exchange.as_str());
+            rows.keys.push(key);
+            rows.bodies.push(Json(envelope));
+        }
+        rows
+    }
+}
+
 /// Queues messages inside the caller's transaction, in one statement.
 pub async fn enqueue(conn: &mut PgConnection, envelopes: &[Envelope]) -> Result<(), sqlx::Error> {
     if envelopes.is_empty() {
         return Ok(());
     }
-    let mut ids = Vec::with_capacity(envelopes.len());
-    let mut exchanges = Vec::with_capacity(envelopes.len());
-    let mut keys = Vec::with_capacity(envelopes.len());
-    let mut bodies = Vec::with_capacity(envelopes.len());
-    for envelope in envelopes {
-        let (exchange, key) = envelope.body.route();
-        ids.push(envelope.message_id);
-        exchanges.push(exchange.as_str());
-        keys.push(key);
-        bodies.push(Json(envelope));
-    }
+    let rows = Rows::of(envelopes);
     sqlx::query(
         "INSERT INTO outbox (message_id, exchange, routing_key, body) \
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[])",
     )
-    .bind(&ids)
-    .bind(&exchanges)
-    .bind(&keys)
-    .bind(&bodies)
+    .bind(&rows.ids)
+    .bind(&rows.exchanges)
+    .bind(&rows.keys)
+    .bind(&rows.bodies)
     .execute(conn)
     .await
     .map(drop)
 }
 
-/// Locks up to `limit` of the oldest rows no other relay holds, in the caller's transaction.
-pub async fn take(
-    conn: &mut PgConnection,
-    limit: i64,
-) -> Result<Vec<(i64, Envelope)>, sqlx::Error> {
-    let rows: Vec<(i64, Json<Envelope>)> =
-        sqlx::query_as("SELECT id, body FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED")
-            .bind(limit)
-            .fetch_all(conn)
-            .await?;
-    Ok(rows.into_iter().map(|(id, Json(e))| (id, e)).collect())
-}
-
-pub async fn remove(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(conn)
-        .await
-        .map(drop)
+/// Deletes up to `limit` of the oldest rows no other relay holds, in the caller's transaction,
+/// and returns them oldest first. They are gone only if that transaction commits: the caller
+/// commits once RabbitMQ confirmed them, and a rollback (or a crash) puts them back.
+pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<Envelope>, sqlx::Error> {
+    let mut rows: Vec<(i64, Json<Envelope>)> = sqlx::query_as(
+        "DELETE FROM outbox WHERE id IN \
+             (SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, body",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    // RETURNING follows no order.
+    rows.sort_unstable_by_key(|&(id, _)| id);
+    Ok(rows.into_iter().map(|(_, Json(e))| e).collect())
 }
 
 /// Rows not yet published.

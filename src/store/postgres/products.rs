@@ -181,7 +181,7 @@ pub async fn soft_delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
 
 /// The prices of those of `ids` that are live products, as `(id, price)`.
 pub async fn live_prices(
-    conn: &mut PgConnection,
+    conn: impl sqlx::PgExecutor<'_>,
     ids: &[Uuid],
 ) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
     sqlx::query_as("SELECT id, price_minor FROM products WHERE id = ANY($1) AND deleted_at IS NULL")

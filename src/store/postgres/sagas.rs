@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, types::Json};
 use uuid::Uuid;
 
+use super::orders::{self, OrderRow};
 use crate::domain::{
     order::OrderReason,
     saga::{Saga, SagaKind, SagaState, Step},
@@ -17,15 +18,20 @@ pub struct SagaRow {
     pub saga: Saga,
 }
 
+// The columns an order shares a name with are aliased, so a row can carry both (see
+// `find_with_order`).
 #[derive(sqlx::FromRow)]
 struct Raw {
+    #[sqlx(rename = "saga_row_id")]
     id: Uuid,
     order_id: Uuid,
     kind: Json<SagaKind>,
     state: Json<SagaState>,
+    #[sqlx(rename = "saga_reason")]
     reason: Option<String>,
     steps: Json<Vec<Step>>,
     deadline_at: Option<DateTime<Utc>>,
+    #[sqlx(rename = "saga_version")]
     version: i64,
     started_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
@@ -51,8 +57,17 @@ impl From<Raw> for SagaRow {
 }
 
 // kind and state are plain text columns; `to_jsonb` lets serde read them as the domain enums.
-const COLUMNS: &str = "id, order_id, to_jsonb(kind) AS kind, to_jsonb(state) AS state, reason, \
-    steps, deadline_at, version, started_at, finished_at";
+const COLUMNS: &str = "s.id AS saga_row_id, s.order_id, to_jsonb(s.kind) AS kind, \
+    to_jsonb(s.state) AS state, s.reason AS saga_reason, s.steps, s.deadline_at, \
+    s.version AS saga_version, s.started_at, s.finished_at";
+
+#[derive(sqlx::FromRow)]
+struct WithOrder {
+    #[sqlx(flatten)]
+    saga: Raw,
+    #[sqlx(flatten)]
+    order: OrderRow,
+}
 
 pub async fn insert(
     conn: &mut PgConnection,
@@ -80,18 +95,36 @@ pub async fn insert(
 }
 
 pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, sqlx::Error> {
-    let raw: Option<Raw> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM sagas WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
+    let raw: Option<Raw> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM sagas s WHERE s.id = $1"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
     Ok(raw.map(SagaRow::from))
 }
 
+/// The saga and the order it belongs to, in one read.
+pub async fn find_with_order(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<(SagaRow, OrderRow)>, sqlx::Error> {
+    let row: Option<WithOrder> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, {} FROM sagas s JOIN orders o ON o.id = s.order_id WHERE s.id = $1",
+        orders::COLUMNS_OF_O
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (r.saga.into(), r.order)))
+}
+
 pub async fn find_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<SagaRow>, sqlx::Error> {
-    let raw: Vec<Raw> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM sagas WHERE id = ANY($1)"))
-        .bind(ids)
-        .fetch_all(pool)
-        .await?;
+    let raw: Vec<Raw> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM sagas s WHERE s.id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
     Ok(raw.into_iter().map(SagaRow::from).collect())
 }
 
