@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use axum::{
     Json,
-    extract::State,
-    http::{StatusCode, header},
+    extract::{FromRequestParts, State},
+    http::{StatusCode, header, request::Parts},
     response::IntoResponse,
 };
 use chrono::{DateTime, Utc};
@@ -201,6 +201,7 @@ fn viewer(caller: Caller) -> Viewer {
         Problems))]
 pub async fn place_order(
     State(state): State<AppState>,
+    _: Admitted,
     CustomerCaller(customer_id): CustomerCaller,
     RequiredIdempotencyKey(key): RequiredIdempotencyKey,
     JsonBody(body): JsonBody<CheckoutBody>,
@@ -226,6 +227,20 @@ pub async fn place_order(
         [(header::LOCATION, location)],
         Json(OrderBody::from(view)),
     ))
+}
+
+/// Admission to a checkout, decided before anything else of the request is looked at: under
+/// overload, refusing must cost less than serving, so the refusal reads neither the token (a
+/// Postgres query) nor the body.
+pub struct Admitted;
+
+impl FromRequestParts<AppState> for Admitted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.orders.admit()?;
+        Ok(Self)
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -82,6 +82,15 @@ impl Orders {
         }
     }
 
+    /// Refuses a checkout while too many orders wait to settle (counted as refused).
+    pub fn admit(&self) -> Result<(), ServiceError> {
+        if self.backlog.admits() {
+            return Ok(());
+        }
+        self.metrics.checkouts_refused.inc();
+        Err(ServiceError::Overloaded)
+    }
+
     /// Places an order, or returns the one this customer already placed with this key (`false`
     /// then). The same key with different lines is refused.
     pub async fn checkout(
@@ -90,10 +99,7 @@ impl Orders {
         key: &str,
         lines: &[OrderLine],
     ) -> Result<(OrderView, bool), ServiceError> {
-        if !self.backlog.admits() {
-            self.metrics.checkouts_refused.inc();
-            return Err(ServiceError::Overloaded);
-        }
+        self.admit()?;
         let request_hash = request_hash(lines);
         let ids: Vec<Uuid> = lines.iter().map(|l| l.product_id).collect();
         let prices: HashMap<Uuid, i64> = products::live_prices(&self.stores.pg, &ids)

@@ -603,10 +603,15 @@ async fn checkouts_past_the_pending_limit_are_refused_and_change_nothing() {
         before,
         "a refused checkout changes nothing"
     );
+    // Shedding comes first and reads neither the token nor the body: refusing must cost less
+    // than serving.
+    app.place_order("not-a-token", "fourth", &[(product, 1)])
+        .await
+        .assert_problem(503, "unavailable");
     assert!(
         app.metrics()
             .await
-            .contains("orderly_checkouts_refused_total 1"),
+            .contains("orderly_checkouts_refused_total 2"),
         "refusals are counted"
     );
 
