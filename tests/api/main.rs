@@ -13,5 +13,6 @@ mod processes;
 mod products;
 mod reservations;
 mod reviews;
+mod sagas;
 mod seed;
 mod stock;
