@@ -4,9 +4,6 @@
 //! its version (status, history seq), the log entry, and the outbox rows for the next commands
 //! and the history events. When another writer moved the saga or the order first, the
 //! transaction is dropped and the event is decided again on what is there now.
-//!
-//! The transaction is two statements between `BEGIN` and `COMMIT`: one claims the message and
-//! reads, one writes the decision. Round trips, not the work in them, were what each step cost.
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,10 +20,7 @@ use crate::{
         envelope::{Body, Envelope, HistoryEvent, Line},
     },
     metrics::{OutcomeLabels, SagaLabels, StepLabels},
-    store::postgres::{
-        inbox, orders,
-        sagas::{self, Advance, Claimed},
-    },
+    store::postgres::{inbox, orders, outbox, sagas},
 };
 
 use super::RoleContext;
@@ -77,18 +71,15 @@ impl Orchestrator {
         let policy = self.context.policy();
         for _ in 0..MAX_RACES {
             let mut tx = self.context.stores.pg.begin().await?;
-            // Every saga has its order (a foreign key), so `None` means no saga.
-            let Some(Claimed {
-                fresh,
-                saga: row,
-                order,
-            }) = sagas::claim_and_find(&mut tx, CONSUMER, cause.message_id, saga_id).await?
-            else {
-                return Err(HandleError::Permanent(format!("no saga {saga_id}")));
-            };
-            if !fresh {
+            if let Some(id) = cause.message_id
+                && !inbox::claim(&mut tx, CONSUMER, id).await?
+            {
                 return Ok(());
             }
+            // Every saga has its order (a foreign key), so a missing row means no saga.
+            let Some((row, order)) = sagas::find_with_order(&mut tx, saga_id).await? else {
+                return Err(HandleError::Permanent(format!("no saga {saga_id}")));
+            };
             let now = Utc::now();
             let mut saga = row.saga.clone();
             let transition = saga.apply(event, now, &policy);
@@ -105,6 +96,10 @@ impl Orchestrator {
                 tracing::info!(event = cause.label, "stale event recorded and ignored");
                 return Ok(());
             }
+            if !sagas::save(&mut tx, saga_id, &saga, row.version).await? {
+                continue;
+            }
+            sagas::log(&mut tx, saga_id, cause.label, cause.message_id, false).await?;
 
             let trace = messaging::child_traceparent(cause.traceparent);
             let mut outgoing = Vec::new();
@@ -116,10 +111,11 @@ impl Orchestrator {
             if transition.start_cancellation {
                 let (cancellation, first) = Saga::cancellation(now, &policy);
                 in_charge = Uuid::now_v7();
+                sagas::insert(&mut tx, in_charge, order.id, &cancellation).await?;
                 self.commands(&mut tx, &order, in_charge, &first, &trace, &mut outgoing)
                     .await?;
                 facts.extend(first.facts.iter().copied());
-                started = Some(cancellation);
+                started = Some(cancellation.kind);
             }
             let events: Vec<HistoryEvent> = facts
                 .iter()
@@ -127,36 +123,27 @@ impl Orchestrator {
                 .map(|(fact, seq)| history_event(seq, *fact, in_charge, now))
                 .collect();
             let last_seq = order.last_seq + events.len() as i32;
+            if !orders::record(
+                &mut tx,
+                order.id,
+                order.version,
+                transition.order,
+                in_charge,
+                last_seq,
+            )
+            .await?
+            {
+                continue;
+            }
             if !events.is_empty() {
                 outgoing.push(
                     Envelope::new(in_charge, order.id, 1, Body::History { events })
                         .with_traceparent(Some(trace.clone())),
                 );
             }
-            let advanced = sagas::advance(
-                &mut tx,
-                &Advance {
-                    saga_id,
-                    saga: &saga,
-                    seen_version: row.version,
-                    event: cause.label,
-                    message_id: cause.message_id,
-                    order_id: order.id,
-                    order_seen_version: order.version,
-                    change: transition.order,
-                    in_charge,
-                    last_seq,
-                    started: started.as_ref(),
-                    outgoing: &outgoing,
-                },
-            )
-            .await?;
-            if !advanced {
-                // Dropping the transaction rolls back whatever part was written.
-                continue;
-            }
+            outbox::enqueue(&mut tx, &outgoing).await?;
             tx.commit().await?;
-            self.observe(&saga, &transition, started.map(|s| s.kind));
+            self.observe(&saga, &transition, started);
             return Ok(());
         }
         Err(HandleError::Transient(format!(

@@ -13,6 +13,5 @@ mod processes;
 mod products;
 mod reservations;
 mod reviews;
-mod sagas;
 mod seed;
 mod stock;

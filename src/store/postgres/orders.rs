@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::order::{OrderReason, OrderStatus};
+use crate::domain::{
+    order::{OrderReason, OrderStatus},
+    saga::OrderChange,
+};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OrderRow {
@@ -124,6 +127,33 @@ pub async fn request_cancel(
     .bind(id)
     .fetch_optional(conn)
     .await
+}
+
+/// Records what a saga transition did to the order, if the order is still at `seen_version`:
+/// its new status, the saga now in charge, and the seq of its newest history event.
+pub async fn record(
+    conn: &mut PgConnection,
+    id: Uuid,
+    seen_version: i64,
+    change: Option<OrderChange>,
+    saga_id: Uuid,
+    last_seq: i32,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE orders SET status = COALESCE($3, status), reason = CASE WHEN $3 IS NULL \
+                THEN reason ELSE $4 END, saga_id = $5, last_seq = $6, version = version + 1, \
+                updated_at = now() \
+         WHERE id = $1 AND version = $2",
+    )
+    .bind(id)
+    .bind(seen_version)
+    .bind(change.map(|c| c.status.as_str()))
+    .bind(change.and_then(|c| c.reason).map(OrderReason::as_str))
+    .bind(saga_id)
+    .bind(last_seq)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Has the customer a confirmed order containing the product?

@@ -4,16 +4,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, types::Json};
 use uuid::Uuid;
 
-use super::{
-    orders::{self, OrderRow},
-    outbox,
-};
-use crate::{
-    domain::{
-        order::OrderReason,
-        saga::{OrderChange, Saga, SagaKind, SagaState, Step as SagaStep},
-    },
-    messaging::envelope::Envelope,
+use super::orders::{self, OrderRow};
+use crate::domain::{
+    order::OrderReason,
+    saga::{Saga, SagaKind, SagaState, Step},
 };
 
 #[derive(Debug, Clone)]
@@ -35,7 +29,7 @@ struct Raw {
     state: Json<SagaState>,
     #[sqlx(rename = "saga_reason")]
     reason: Option<String>,
-    steps: Json<Vec<SagaStep>>,
+    steps: Json<Vec<Step>>,
     deadline_at: Option<DateTime<Utc>>,
     #[sqlx(rename = "saga_version")]
     version: i64,
@@ -68,134 +62,36 @@ const COLUMNS: &str = "s.id AS saga_row_id, s.order_id, to_jsonb(s.kind) AS kind
     s.version AS saga_version, s.started_at, s.finished_at";
 
 #[derive(sqlx::FromRow)]
-struct ClaimedRow {
-    fresh: bool,
+struct WithOrder {
     #[sqlx(flatten)]
     saga: Raw,
     #[sqlx(flatten)]
     order: OrderRow,
 }
 
-/// What an orchestrator step found when it claimed its message.
-pub struct Claimed {
-    /// `false` when the message was handled before (or was being handled, and the claim waited
-    /// for it): the step must change nothing.
-    pub fresh: bool,
-    pub saga: SagaRow,
-    pub order: OrderRow,
-}
-
-/// Claims `message_id` for `consumer` in the inbox (a sweeper's event has none) and reads the
-/// saga with its order, in one statement of the caller's transaction. `None` when there is no
-/// such saga.
-pub async fn claim_and_find(
+pub async fn insert(
     conn: &mut PgConnection,
-    consumer: &str,
-    message_id: Option<Uuid>,
-    saga_id: Uuid,
-) -> Result<Option<Claimed>, sqlx::Error> {
-    let row: Option<ClaimedRow> = sqlx::query_as(&format!(
-        "WITH claimed AS ( \
-             INSERT INTO inbox (consumer, message_id) SELECT $2, $3 WHERE $3::uuid IS NOT NULL \
-             ON CONFLICT DO NOTHING RETURNING 1 \
-         ) \
-         SELECT ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM claimed)) AS fresh, {COLUMNS}, {} \
-         FROM sagas s JOIN orders o ON o.id = s.order_id WHERE s.id = $1",
-        orders::COLUMNS_OF_O
-    ))
-    .bind(saga_id)
-    .bind(consumer)
-    .bind(message_id)
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|row| Claimed {
-        fresh: row.fresh,
-        saga: row.saga.into(),
-        order: row.order,
-    }))
-}
-
-/// What a transition writes: the saga, its log entry, the order, perhaps a new saga taking
-/// charge of the order, and the outgoing messages.
-pub struct Advance<'a> {
-    pub saga_id: Uuid,
-    pub saga: &'a Saga,
-    pub seen_version: i64,
-    pub event: &'a str,
-    pub message_id: Option<Uuid>,
-    pub order_id: Uuid,
-    pub order_seen_version: i64,
-    pub change: Option<OrderChange>,
-    /// The saga in charge of the order afterwards.
-    pub in_charge: Uuid,
-    /// The seq of the order's newest history event afterwards.
-    pub last_seq: i32,
-    /// A saga that starts now (`in_charge`), to insert.
-    pub started: Option<&'a Saga>,
-    pub outgoing: &'a [Envelope],
-}
-
-/// Writes a transition in one statement of the caller's transaction, if the saga and the order
-/// are still at the versions it was decided on. `false` when another writer moved either first:
-/// part of it may then be written, so the caller must roll back, re-read and decide again.
-pub async fn advance(conn: &mut PgConnection, a: &Advance<'_>) -> Result<bool, sqlx::Error> {
-    let started = a.started;
-    let out = outbox::Rows::of(a.outgoing);
-    // Each part after `saved` selects from the one before, so nothing more is written once a
-    // version check fails.
-    sqlx::query_scalar(
-        "WITH saved AS ( \
-             UPDATE sagas SET state = $3, reason = $4, steps = $5, deadline_at = $6, \
-                    finished_at = $7, version = version + 1 \
-             WHERE id = $1 AND version = $2 RETURNING id \
-         ), recorded AS ( \
-             UPDATE orders SET status = COALESCE($10, status), \
-                    reason = CASE WHEN $10 IS NULL THEN reason ELSE $11 END, saga_id = $12, \
-                    last_seq = $13, version = version + 1, updated_at = now() \
-             WHERE id = $8 AND version = $9 AND EXISTS (SELECT 1 FROM saved) RETURNING id \
-         ), logged AS ( \
-             INSERT INTO saga_log (saga_id, event, message_id, stale) \
-             SELECT $1, $14, $15, false FROM recorded \
-         ), started AS ( \
-             INSERT INTO sagas (id, order_id, kind, state, reason, steps, deadline_at, \
-                                started_at, finished_at) \
-             SELECT $12, recorded.id, $16, $17, $18, $19, $20, $21, $22 FROM recorded \
-             WHERE $16::text IS NOT NULL \
-         ), queued AS ( \
-             INSERT INTO outbox (message_id, exchange, routing_key, body) \
-             SELECT u.* FROM recorded, \
-                    UNNEST($23::uuid[], $24::text[], $25::text[], $26::jsonb[]) u \
-         ) \
-         SELECT EXISTS (SELECT 1 FROM recorded)",
+    id: Uuid,
+    order_id: Uuid,
+    saga: &Saga,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sagas (id, order_id, kind, state, reason, steps, deadline_at, started_at, \
+                            finished_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
-    .bind(a.saga_id)
-    .bind(a.seen_version)
-    .bind(a.saga.state.as_str())
-    .bind(a.saga.reason.map(OrderReason::as_str))
-    .bind(Json(&a.saga.steps))
-    .bind(a.saga.deadline)
-    .bind(a.saga.finished_at)
-    .bind(a.order_id)
-    .bind(a.order_seen_version)
-    .bind(a.change.map(|c| c.status.as_str()))
-    .bind(a.change.and_then(|c| c.reason).map(OrderReason::as_str))
-    .bind(a.in_charge)
-    .bind(a.last_seq)
-    .bind(a.event)
-    .bind(a.message_id)
-    .bind(started.map(|s| s.kind.as_str()))
-    .bind(started.map(|s| s.state.as_str()))
-    .bind(started.and_then(|s| s.reason).map(OrderReason::as_str))
-    .bind(started.map(|s| Json(&s.steps)))
-    .bind(started.and_then(|s| s.deadline))
-    .bind(started.map(|s| s.started_at))
-    .bind(started.and_then(|s| s.finished_at))
-    .bind(&out.ids)
-    .bind(&out.exchanges)
-    .bind(&out.keys)
-    .bind(&out.bodies)
-    .fetch_one(conn)
+    .bind(id)
+    .bind(order_id)
+    .bind(saga.kind.as_str())
+    .bind(saga.state.as_str())
+    .bind(saga.reason.map(OrderReason::as_str))
+    .bind(Json(&saga.steps))
+    .bind(saga.deadline)
+    .bind(saga.started_at)
+    .bind(saga.finished_at)
+    .execute(conn)
     .await
+    .map(drop)
 }
 
 pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, sqlx::Error> {
@@ -207,6 +103,21 @@ pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, 
     Ok(raw.map(SagaRow::from))
 }
 
+/// The saga and the order it belongs to, in one read.
+pub async fn find_with_order(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<(SagaRow, OrderRow)>, sqlx::Error> {
+    let row: Option<WithOrder> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, {} FROM sagas s JOIN orders o ON o.id = s.order_id WHERE s.id = $1",
+        orders::COLUMNS_OF_O
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (r.saga.into(), r.order)))
+}
+
 pub async fn find_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<SagaRow>, sqlx::Error> {
     let raw: Vec<Raw> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM sagas s WHERE s.id = ANY($1)"
@@ -215,6 +126,31 @@ pub async fn find_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<SagaRow>, sqlx
     .fetch_all(pool)
     .await?;
     Ok(raw.into_iter().map(SagaRow::from).collect())
+}
+
+/// Stores `saga` if the row is still at `seen_version`; `false` when another writer moved it
+/// first (the caller re-reads and decides again).
+pub async fn save(
+    conn: &mut PgConnection,
+    id: Uuid,
+    saga: &Saga,
+    seen_version: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE sagas SET state = $3, reason = $4, steps = $5, deadline_at = $6, \
+                finished_at = $7, version = version + 1 \
+         WHERE id = $1 AND version = $2",
+    )
+    .bind(id)
+    .bind(seen_version)
+    .bind(saga.state.as_str())
+    .bind(saga.reason.map(OrderReason::as_str))
+    .bind(Json(&saga.steps))
+    .bind(saga.deadline)
+    .bind(saga.finished_at)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Appends to the saga's log what it was told, and whether it was stale.
