@@ -7,7 +7,10 @@
 //! the one case nothing else repairs: an API process that stopped between inserting a review
 //! and caching the new totals.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use redis::{Script, aio::ConnectionManager};
 use uuid::Uuid;
@@ -21,16 +24,18 @@ pub const TOTALS_TTL: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct RatingCache {
     redis: ConnectionManager,
-    prefix: String,
-    store: Script,
+    prefix: Arc<str>,
 }
+
+// One copy per process (see the stock scripts).
+static STORE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/rating.lua")));
 
 impl RatingCache {
     pub fn new(redis: ConnectionManager, prefix: &str) -> Self {
         Self {
             redis,
-            prefix: prefix.to_owned(),
-            store: Script::new(include_str!("../../lua/rating.lua")),
+            prefix: prefix.into(),
         }
     }
 
@@ -52,8 +57,7 @@ impl RatingCache {
 
     /// Caches `totals` unless totals with at least as many reviews are already cached.
     pub async fn put(&self, product_id: Uuid, totals: RatingTotals) -> Result<(), StoreError> {
-        let _stored: i64 = self
-            .store
+        let _stored: i64 = STORE
             .key(self.key(product_id))
             .arg(totals.count)
             .arg(totals.sum)

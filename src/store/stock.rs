@@ -3,10 +3,21 @@
 //! Scripts run by SHA (`EVALSHA`); `redis::Script` reloads one with `SCRIPT LOAD` when Redis
 //! answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`), so callers never see that error.
 
+use std::sync::{Arc, LazyLock};
+
 use redis::{Script, aio::ConnectionManager};
 use uuid::Uuid;
 
 use super::StoreError;
+
+// One copy per process: the handles are cloned into every request's state, and a `Script`
+// clone copies its source.
+static ADJUST: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/adjust.lua")));
+static RESERVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/reserve.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../lua/release.lua")));
 
 /// How long a settled adjustment's marker is kept: seven days.
 pub const MARKER_RETENTION_MS: u64 = 7 * 24 * 60 * 60 * 1000;
@@ -34,10 +45,7 @@ pub enum ReserveOutcome {
 #[derive(Clone)]
 pub struct StockCounters {
     redis: ConnectionManager,
-    prefix: String,
-    adjust: Script,
-    reserve: Script,
-    release: Script,
+    prefix: Arc<str>,
 }
 
 impl StockCounters {
@@ -46,10 +54,7 @@ impl StockCounters {
         let redis = ConnectionManager::new(client).await?;
         Ok(Self {
             redis,
-            prefix: prefix.to_owned(),
-            adjust: Script::new(include_str!("../../lua/adjust.lua")),
-            reserve: Script::new(include_str!("../../lua/reserve.lua")),
-            release: Script::new(include_str!("../../lua/release.lua")),
+            prefix: prefix.into(),
         })
     }
 
@@ -75,7 +80,7 @@ impl StockCounters {
         order_id: Uuid,
         lines: &[(Uuid, i64)],
     ) -> Result<ReserveOutcome, StoreError> {
-        let mut invocation = self.reserve.key(self.reservation_key(order_id));
+        let mut invocation = RESERVE.key(self.reservation_key(order_id));
         for &(product, quantity) in lines {
             invocation
                 .key(self.available_key(product))
@@ -99,7 +104,7 @@ impl StockCounters {
 
     /// Runs `release.lua`; `true` when this call gave stock back.
     pub async fn release(&self, order_id: Uuid, products: &[Uuid]) -> Result<bool, StoreError> {
-        let mut invocation = self.release.key(self.reservation_key(order_id));
+        let mut invocation = RELEASE.key(self.reservation_key(order_id));
         for &product in products {
             invocation
                 .key(self.available_key(product))
@@ -145,8 +150,7 @@ impl StockCounters {
         adjustment_id: Uuid,
         delta: i64,
     ) -> Result<AdjustOutcome, StoreError> {
-        let (applied, available): (i64, i64) = self
-            .adjust
+        let (applied, available): (i64, i64) = ADJUST
             .key(self.available_key(product_id))
             .key(self.adjustment_key(product_id, adjustment_id))
             .arg(delta)
