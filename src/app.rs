@@ -13,7 +13,10 @@ use crate::{
     metrics::Metrics,
     roles::{self, Role, RoleContext},
     seed,
-    services::{Stores, catalog::Catalog, customers::Customers, orders::Orders, reviews::Reviews},
+    services::{
+        Stores, catalog::Catalog, customers::Customers, orders::Orders, ratings::Ratings,
+        reviews::Reviews,
+    },
     store::{
         broker::Broker, documents::CatalogDocuments, history::OrderHistory, postgres,
         ratings::RatingCache, stock::StockCounters,
@@ -84,10 +87,11 @@ impl Application {
         };
         let metrics = Arc::new(Metrics::default());
         let policy = role_context(&stores, &settings, &metrics).policy();
+        let ratings = Ratings::new(stores.clone(), metrics.rating_aggregations.clone());
         let state = AppState {
-            catalog: Catalog::new(stores.clone(), settings.currency.clone()),
+            catalog: Catalog::new(stores.clone(), settings.currency.clone(), ratings.clone()),
             customers: Customers::new(stores.clone(), settings.currency.clone()),
-            reviews: Reviews::new(stores.clone()),
+            reviews: Reviews::new(stores.clone(), ratings),
             orders: Orders::new(
                 stores.clone(),
                 settings.currency.clone(),

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub stale_replies: Counter,
     /// Checkouts refused by admission control while too many orders were pending.
     pub checkouts_refused: Counter,
+    /// MongoDB rating aggregations: reads the rating cache missed, and new reviews.
+    pub rating_aggregations: Counter,
     /// Orders pending as admission control last read them (API processes only).
     pub orders_pending: Gauge,
     /// Rows waiting in the outbox, as of the last scrape or relay pass.
@@ -119,6 +121,12 @@ impl Default for Metrics {
             "Checkouts answered 503 because too many orders were pending",
             checkouts_refused.clone(),
         );
+        let rating_aggregations = Counter::default();
+        registry.register(
+            "rating_aggregations",
+            "MongoDB aggregations of rating totals: reads the Redis cache missed, and new reviews",
+            rating_aggregations.clone(),
+        );
         let orders_pending = Gauge::default();
         registry.register(
             "orders_pending",
@@ -166,6 +174,7 @@ impl Default for Metrics {
             step_retries,
             stale_replies,
             checkouts_refused,
+            rating_aggregations,
             orders_pending,
             outbox_backlog,
             messages_consumed,

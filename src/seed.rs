@@ -2,6 +2,7 @@
 //! customer with a funded wallet. Idempotent: products are matched by SKU, the customer by
 //! email, reviews by (product, customer); a second run only issues the demo customer a new token.
 
+use prometheus_client::metrics::counter::Counter;
 use uuid::Uuid;
 
 use crate::{
@@ -10,6 +11,7 @@ use crate::{
         ServiceError, Stores,
         catalog::{Catalog, NewProductInput},
         customers::Customers,
+        ratings::Ratings,
         reviews::Reviews,
     },
     store::postgres::products,
@@ -66,9 +68,11 @@ pub struct DemoCredentials {
 }
 
 pub async fn run(stores: &Stores, currency: &str) -> Result<DemoCredentials, ServiceError> {
-    let catalog = Catalog::new(stores.clone(), currency.to_owned());
+    // A one-off command: nothing scrapes its metrics.
+    let ratings = Ratings::new(stores.clone(), Counter::default());
+    let catalog = Catalog::new(stores.clone(), currency.to_owned(), ratings.clone());
     let customers = Customers::new(stores.clone(), currency.to_owned());
-    let reviews = Reviews::new(stores.clone());
+    let reviews = Reviews::new(stores.clone(), ratings);
 
     let mut conn = stores.pg.acquire().await?;
     for category in CATEGORIES {

@@ -10,7 +10,7 @@ use super::{
     ServiceError, Stores,
     descriptions::DescriptionCache,
     page::Page,
-    ratings,
+    ratings::Ratings,
     stock::{Settlement, StockAdjuster},
 };
 use crate::{
@@ -61,15 +61,17 @@ pub struct Catalog {
     stock: StockAdjuster,
     currency: String,
     descriptions: Arc<DescriptionCache>,
+    ratings: Ratings,
 }
 
 impl Catalog {
-    pub fn new(stores: Stores, currency: String) -> Self {
+    pub fn new(stores: Stores, currency: String, ratings: Ratings) -> Self {
         Self {
             stock: StockAdjuster::new(stores.clone()),
             stores,
             currency,
             descriptions: Arc::default(),
+            ratings,
         }
     }
 
@@ -221,7 +223,7 @@ impl Catalog {
         let (stock, descriptions, ratings) = tokio::try_join!(
             self.stores.stock.available(&ids),
             self.descriptions(&rows),
-            ratings::summaries(&self.stores, &ids),
+            self.ratings.summaries(&ids),
         )?;
         Ok(rows
             .into_iter()

@@ -4,7 +4,7 @@ use chrono::Utc;
 use mongodb::bson;
 use uuid::Uuid;
 
-use super::{ServiceError, Stores, page::Page, ratings};
+use super::{ServiceError, Stores, page::Page, ratings::Ratings};
 use crate::store::{
     documents::ReviewDoc,
     postgres::{orders, products},
@@ -13,11 +13,12 @@ use crate::store::{
 #[derive(Clone)]
 pub struct Reviews {
     stores: Stores,
+    ratings: Ratings,
 }
 
 impl Reviews {
-    pub fn new(stores: Stores) -> Self {
-        Self { stores }
+    pub fn new(stores: Stores, ratings: Ratings) -> Self {
+        Self { stores, ratings }
     }
 
     pub async fn create(
@@ -42,7 +43,7 @@ impl Reviews {
         self.stores.docs.insert_review(&review).await?;
         // The review is saved: failing the request now would invite a duplicate on retry. The
         // cached totals then catch up when they expire.
-        if let Err(e) = ratings::refresh(&self.stores, product_id).await {
+        if let Err(e) = self.ratings.refresh(product_id).await {
             tracing::warn!(error = %e, product_id = %product_id, "rating totals not refreshed");
         }
         Ok(review)

@@ -232,7 +232,10 @@ async fn a_large_page_joins_every_product_correctly() {
 async fn a_description_changed_by_another_process_is_served_at_its_new_version() {
     use orderly::{
         domain::version::Precondition,
-        services::catalog::{Catalog, ProductPatch},
+        services::{
+            catalog::{Catalog, ProductPatch},
+            ratings::Ratings,
+        },
     };
 
     let app = spawn_app().await;
@@ -248,7 +251,11 @@ async fn a_description_changed_by_another_process_is_served_at_its_new_version()
     );
 
     // Another API process (its own catalog, its own memory) changes the text.
-    let other = Catalog::new(app.stores.clone(), "IDR".into());
+    let other = Catalog::new(
+        app.stores.clone(),
+        "IDR".into(),
+        Ratings::new(app.stores.clone(), Default::default()),
+    );
     let patch = ProductPatch {
         description: Some("Ditulis di proses lain.".into()),
         ..ProductPatch::default()

@@ -189,3 +189,48 @@ async fn rating_totals_are_cached_never_regress_and_are_rebuilt_when_lost() {
         Some(RatingTotals::default())
     );
 }
+
+/// The value of a counter in the app's metrics.
+async fn counter(app: &crate::helpers::TestApp, name: &str) -> u64 {
+    let metrics = app.metrics().await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in the metrics"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn pages_that_miss_the_rating_cache_together_aggregate_once() {
+    let app = spawn_app().await;
+    for _ in 0..20 {
+        app.create_product(100, 1).await;
+    }
+    // Cold: every product's totals gone, as after a restart of Redis or their expiry.
+    let mut redis = app.stores.stock.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}rating:*", app.settings.redis_prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let before = counter(&app, "orderly_rating_aggregations_total").await;
+
+    let pages =
+        futures::future::join_all((0..16).map(|_| app.get("/products?limit=100", None))).await;
+    for page in &pages {
+        assert_eq!(page.status, 200);
+        assert_eq!(page.body["items"].as_array().unwrap().len(), 20);
+    }
+    assert_eq!(
+        counter(&app, "orderly_rating_aggregations_total").await - before,
+        1,
+        "the first page aggregated; the fifteen that missed with it read what it cached"
+    );
+}
