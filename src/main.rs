@@ -5,7 +5,7 @@ use orderly::{app, config::Settings, roles::Role, telemetry};
 // short-lived buffers per message and request); mimalloc serves those from thread-local pages.
 // Built without transparent huge pages (`no_thp`): mimalloc otherwise asks for them, and every
 // page it hands back and touches again costs the kernel a 2 MiB clear. That was 57% of
-// orderly's CPU at 250 orders/s and stalled its threads (`POST /orders` p99 5.9 s → 108 ms).
+// orderly's CPU at 250 orders/s and stalled its threads (`POST /orders` p99 5.9 s → 76 ms).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -42,7 +42,8 @@ pub async fn place(
              INSERT INTO idempotency_keys (customer_id, key, request_hash, order_id) \
              VALUES ($2, $6, $7, $1) ON CONFLICT DO NOTHING RETURNING order_id \
          ), placed AS ( \
-             INSERT INTO orders (id, customer_id, status, total_minor, currency, saga_id, last_seq) \
+             INSERT INTO orders AS o (id, customer_id, status, total_minor, currency, saga_id, \
+                                      last_seq) \
              SELECT order_id, $2, 'pending', $3, $4, $5, 1 FROM claimed RETURNING {COLUMNS} \
          ), items AS ( \
              INSERT INTO order_items (order_id, line, product_id, quantity, price_minor) \

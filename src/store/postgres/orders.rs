@@ -35,11 +35,8 @@ impl OrderRow {
     }
 }
 
-pub(super) const COLUMNS: &str = "id, customer_id, status, reason, total_minor, \
-    currency::text AS currency, saga_id, cancel_requested_at, last_seq, version, created_at, \
-    updated_at";
-/// [`COLUMNS`] of an `orders o` in a join.
-pub(super) const COLUMNS_OF_O: &str = "o.id, o.customer_id, o.status, o.reason, o.total_minor, \
+// Qualified, so the same list serves joins: every query names the table `o`.
+pub(super) const COLUMNS: &str = "o.id, o.customer_id, o.status, o.reason, o.total_minor, \
     o.currency::text AS currency, o.saga_id, o.cancel_requested_at, o.last_seq, o.version, \
     o.created_at, o.updated_at";
 
@@ -70,7 +67,7 @@ pub async fn pending_count(pool: &sqlx::PgPool) -> Result<i64, sqlx::Error> {
 }
 
 pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders o WHERE o.id = $1"))
         .bind(id)
         .fetch_optional(conn)
         .await
@@ -99,7 +96,7 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<OrderRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM orders \
+        "SELECT {COLUMNS} FROM orders o \
          WHERE ($1::uuid IS NULL OR customer_id = $1) AND ($2::text IS NULL OR status = $2) \
            AND ($3::uuid IS NULL OR id < $3) \
          ORDER BY id DESC LIMIT $4"
@@ -119,7 +116,7 @@ pub async fn request_cancel(
     id: Uuid,
 ) -> Result<Option<OrderRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "UPDATE orders SET cancel_requested_at = now(), last_seq = last_seq + 1, \
+        "UPDATE orders o SET cancel_requested_at = now(), last_seq = last_seq + 1, \
                 version = version + 1, updated_at = now() \
          WHERE id = $1 AND cancel_requested_at IS NULL AND status IN ('pending', 'confirmed') \
          RETURNING {COLUMNS}"

@@ -110,7 +110,7 @@ pub async fn find_with_order(
 ) -> Result<Option<(SagaRow, OrderRow)>, sqlx::Error> {
     let row: Option<WithOrder> = sqlx::query_as(&format!(
         "SELECT {COLUMNS}, {} FROM sagas s JOIN orders o ON o.id = s.order_id WHERE s.id = $1",
-        orders::COLUMNS_OF_O
+        orders::COLUMNS
     ))
     .bind(id)
     .fetch_optional(conn)
