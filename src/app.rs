@@ -15,7 +15,7 @@ use crate::{
     seed,
     services::{
         Stores, catalog::Catalog, customers::Customers, orders::Orders, ratings::Ratings,
-        reviews::Reviews,
+        reconcile::Reconciler, reviews::Reviews,
     },
     store::{
         broker::Broker, documents::CatalogDocuments, history::OrderHistory, postgres,
@@ -248,6 +248,37 @@ pub async fn seed(settings: &Settings) -> anyhow::Result<()> {
     let demo = seed::run(&stores, &settings.currency).await?;
     println!("ORDERLY_DEMO_CUSTOMER_ID={}", demo.customer_id);
     println!("ORDERLY_DEMO_CUSTOMER_TOKEN={}", demo.customer_token);
+    Ok(())
+}
+
+/// `orderly reconcile`: rebuilds Redis's stock keys from Postgres, or with `check` only reports
+/// where they drifted; a drift found fails the command.
+pub async fn reconcile(settings: &Settings, check: bool) -> anyhow::Result<()> {
+    let stores = connect(settings, 4).await?;
+    let reconciler = Reconciler::new(stores);
+    if !check {
+        let report = reconciler.rebuild().await?;
+        println!(
+            "rebuilt Redis stock: {} products, {} reservation records ({} holding stock)",
+            report.products, report.orders, report.holding
+        );
+        return Ok(());
+    }
+    let report = reconciler.check().await?;
+    for drift in &report.drift {
+        println!("drift: {drift}");
+    }
+    println!(
+        "checked {} products and {} orders ({} holding stock): {} drift(s)",
+        report.products,
+        report.orders,
+        report.holding,
+        report.drift.len()
+    );
+    anyhow::ensure!(
+        report.drift.is_empty(),
+        "Redis has drifted from Postgres; `orderly reconcile` (with the API and workers stopped) rebuilds it"
+    );
     Ok(())
 }
 

@@ -37,6 +37,13 @@ enum Command {
     Migrate,
     /// Load the demo catalog and demo customer (idempotent) and print the demo credentials.
     Seed,
+    /// Rebuild Redis's stock counters and reservation records from Postgres (after Redis lost
+    /// its data; stop the API and workers first), or with --check only report drift.
+    Reconcile {
+        /// Compare and report; change nothing. Exits non-zero when Redis has drifted.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[tokio::main]
@@ -50,5 +57,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker { roles } => app::work(settings, roles).await,
         Command::Migrate => app::migrate(&settings).await,
         Command::Seed => app::seed(&settings).await,
+        Command::Reconcile { check } => app::reconcile(&settings, check).await,
     }
 }

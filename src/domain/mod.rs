@@ -7,6 +7,7 @@ pub mod customer;
 pub mod money;
 pub mod order;
 pub mod product;
+pub mod reservation;
 pub mod review;
 pub mod saga;
 pub mod stock;

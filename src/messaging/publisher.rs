@@ -9,7 +9,10 @@ use lapin::{
 };
 use thiserror::Error;
 
-use super::{envelope::Envelope, topology::Topology};
+use super::{
+    envelope::{Envelope, Exchange},
+    topology::Topology,
+};
 
 #[derive(Debug, Error)]
 pub enum PublishError {
@@ -17,8 +20,6 @@ pub enum PublishError {
     Broker(#[from] lapin::Error),
     #[error("RabbitMQ refused a message")]
     Refused,
-    #[error("a message could not be encoded: {0}")]
-    Encode(#[from] serde_json::Error),
 }
 
 /// The AMQP properties of an envelope: persistent, typed, with its ids and trace context as
@@ -49,6 +50,27 @@ pub fn properties(envelope: &Envelope) -> BasicProperties {
         .with_headers(headers)
 }
 
+/// A message ready to publish: an encoded envelope and where it goes.
+pub struct Outgoing {
+    pub exchange: Exchange,
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+impl Outgoing {
+    pub fn encode(envelope: &Envelope) -> Self {
+        let (exchange, routing_key) = envelope.body.route();
+        Self {
+            exchange,
+            routing_key,
+            // An envelope is plain data: serializing it cannot fail.
+            payload: serde_json::to_vec(envelope).unwrap_or_default(),
+            properties: properties(envelope),
+        }
+    }
+}
+
 /// A channel in confirm mode.
 pub struct Publisher {
     channel: Channel,
@@ -64,21 +86,19 @@ impl Publisher {
         Ok(Self { channel, topology })
     }
 
-    /// Publishes every envelope to its exchange, then waits for all the confirms at once (one
-    /// round trip for the batch, not one per message).
-    pub async fn publish_all(&self, envelopes: &[Envelope]) -> Result<(), PublishError> {
-        let mut confirms = Vec::with_capacity(envelopes.len());
-        for envelope in envelopes {
-            let (exchange, routing_key) = envelope.body.route();
-            let payload = serde_json::to_vec(envelope)?;
+    /// Publishes every message, then waits for all the confirms at once (one round trip for
+    /// the batch, not one per message).
+    pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in messages {
             let confirm = self
                 .channel
                 .basic_publish(
-                    &self.topology.exchange(exchange),
-                    &routing_key,
+                    &self.topology.exchange(message.exchange),
+                    &message.routing_key,
                     BasicPublishOptions::default(),
-                    &payload,
-                    properties(envelope),
+                    &message.payload,
+                    message.properties.clone(),
                 )
                 .await?;
             confirms.push(confirm);

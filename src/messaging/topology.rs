@@ -6,6 +6,7 @@
 //! {p}.events   (topic) ── saga.#      ──▶ {p}.orchestrator
 //!                      └─ history.#   ──▶ {p}.history
 //! each queue q: q.retry.1 (1 s), q.retry.2 (5 s), q.retry.3 (30 s) ── dead-letter back to q
+//!               (at least once: a message leaves a retry queue only once q has it)
 //!               q.dead: messages that could not be processed, with the reason in a header
 //! ```
 //!
@@ -131,6 +132,17 @@ impl Topology {
                 args.insert(
                     "x-dead-letter-routing-key".into(),
                     AMQPValue::LongString(name.as_str().into()),
+                );
+                // A quorum queue dead-letters at most once by default: a message whose delay
+                // ran out while its queue was unreachable would be dropped. At least once keeps
+                // it until the main queue confirms it (and requires reject-publish overflow).
+                args.insert(
+                    "x-dead-letter-strategy".into(),
+                    AMQPValue::LongString("at-least-once".into()),
+                );
+                args.insert(
+                    "x-overflow".into(),
+                    AMQPValue::LongString("reject-publish".into()),
                 );
                 declare_queue(channel, &self.retry_queue(queue, i as u32 + 1), args).await?;
             }

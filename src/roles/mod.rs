@@ -16,7 +16,12 @@ pub mod orchestrator;
 pub mod payments;
 pub mod relay;
 
-use std::{fmt, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    str::FromStr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::{sync::watch, task::JoinSet};
 
@@ -167,13 +172,13 @@ async fn consume_forever<H: Handler>(
     let name = format!("orderly-{}", queue.as_str());
     let mut backoff = Backoff::default();
     while !*shutdown.borrow() {
+        let started = Instant::now();
         let outcome = async {
             let connection = messaging::connect(&context.settings.amqp_url, &name).await?;
             let channel = connection.create_channel().await?;
             context.topology.declare(&channel).await?;
             let _ = channel.close(200, "declared").await;
             tracing::info!(queue = queue.as_str(), "consuming");
-            backoff.reset();
             let consumed = consumer::consume(
                 &connection,
                 &context.topology,
@@ -197,37 +202,61 @@ async fn consume_forever<H: Handler>(
                     queue = queue.as_str(),
                     "RabbitMQ cancelled the consumer; resubscribing"
                 );
-                backoff.wait(&shutdown).await;
+                backoff.wait(started.elapsed(), &shutdown).await;
             }
             Err(e) => {
                 tracing::warn!(queue = queue.as_str(), error = %e, "consumer lost RabbitMQ; reconnecting");
-                backoff.wait(&shutdown).await;
+                backoff.wait(started.elapsed(), &shutdown).await;
             }
         }
     }
     tracing::info!(queue = queue.as_str(), "consumer stopped");
 }
 
-/// Exponential backoff between reconnection attempts: 100 ms doubling to 5 s.
+/// Exponential backoff between reconnection attempts: 100 ms doubling to 5 s. It starts over
+/// only once a connection has stayed up for [`Backoff::HEALTHY`]: a broker that accepts the
+/// connection and then drops it at once must not be retried ten times a second.
 #[derive(Default)]
 pub(crate) struct Backoff {
     failures: u32,
 }
 
 impl Backoff {
-    pub(crate) fn reset(&mut self) {
-        self.failures = 0;
-    }
+    pub(crate) const HEALTHY: Duration = Duration::from_secs(30);
 
-    /// Sleeps for the next delay, or less if shutdown comes first.
-    pub(crate) async fn wait(&mut self, shutdown: &watch::Receiver<bool>) {
+    /// The delay before the next attempt, after a connection that lasted `lasted`.
+    fn next(&mut self, lasted: Duration) -> Duration {
+        if lasted >= Self::HEALTHY {
+            self.failures = 0;
+        }
         let delay =
             Duration::from_millis(100 * (1 << self.failures.min(6))).min(Duration::from_secs(5));
         self.failures += 1;
+        delay
+    }
+
+    /// Sleeps for the next delay, or less if shutdown comes first.
+    pub(crate) async fn wait(&mut self, lasted: Duration, shutdown: &watch::Receiver<bool>) {
+        let delay = self.next(lasted);
         let mut shutdown = shutdown.clone();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_until_a_connection_stays_up() {
+        let mut backoff = Backoff::default();
+        let brief = Duration::from_millis(10);
+        let delays: Vec<u128> = (0..8).map(|_| backoff.next(brief).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(backoff.next(Backoff::HEALTHY).as_millis(), 100);
+        assert_eq!(backoff.next(brief).as_millis(), 200);
     }
 }

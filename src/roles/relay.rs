@@ -7,6 +7,9 @@
 //! until Postgres notifies it of new rows (`LISTEN orderly_outbox`), or a short poll interval
 //! passes in case a notification was lost while reconnecting.
 
+use std::time::Instant;
+
+use lapin::BasicProperties;
 use sqlx::postgres::PgListener;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -14,7 +17,8 @@ use tokio::sync::watch;
 use crate::{
     messaging::{
         self,
-        publisher::{PublishError, Publisher},
+        envelope::{Envelope, Exchange},
+        publisher::{self, Outgoing, PublishError, Publisher},
     },
     store::postgres::outbox,
 };
@@ -34,22 +38,19 @@ enum RelayError {
 pub async fn run(context: RoleContext, shutdown: watch::Receiver<bool>) {
     let mut backoff = Backoff::default();
     while !*shutdown.borrow() {
-        match relay(&context, &shutdown, &mut backoff).await {
+        let started = Instant::now();
+        match relay(&context, &shutdown).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "relay interrupted; reconnecting");
-                backoff.wait(&shutdown).await;
+                backoff.wait(started.elapsed(), &shutdown).await;
             }
         }
     }
     tracing::info!("relay stopped");
 }
 
-async fn relay(
-    context: &RoleContext,
-    shutdown: &watch::Receiver<bool>,
-    backoff: &mut Backoff,
-) -> Result<(), RelayError> {
+async fn relay(context: &RoleContext, shutdown: &watch::Receiver<bool>) -> Result<(), RelayError> {
     let connection = messaging::connect(&context.settings.amqp_url, "orderly-relay").await?;
     let channel = connection.create_channel().await?;
     context.topology.declare(&channel).await?;
@@ -60,7 +61,6 @@ async fn relay(
     let mut listener = PgListener::connect(&context.settings.database_url).await?;
     listener.listen("orderly_outbox").await?;
     tracing::info!("relaying the outbox");
-    backoff.reset();
     let mut shutdown = shutdown.clone();
     let outcome = loop {
         if *shutdown.borrow() {
@@ -90,11 +90,34 @@ async fn relay(
 /// Publishes one batch; returns how many rows it moved.
 async fn pass(context: &RoleContext, publisher: &Publisher) -> Result<usize, RelayError> {
     let mut tx = context.stores.pg.begin().await?;
-    let envelopes = outbox::take(&mut tx, context.settings.relay_batch).await?;
-    if envelopes.is_empty() {
+    let rows = outbox::take(&mut tx, context.settings.relay_batch).await?;
+    if rows.is_empty() {
         return Ok(0);
     }
-    publisher.publish_all(&envelopes).await?;
+    let messages: Vec<Outgoing> = rows.into_iter().map(outgoing).collect();
+    publisher.publish_all(&messages).await?;
     tx.commit().await?;
-    Ok(envelopes.len())
+    Ok(messages.len())
+}
+
+/// A row as a message. Its headers come from the envelope; a body this build cannot decode is
+/// sent as it is, with its id, and the consumer dead-letters it with the reason.
+fn outgoing(row: outbox::Taken) -> Outgoing {
+    let properties = match serde_json::from_str::<Envelope>(&row.body) {
+        Ok(envelope) => publisher::properties(&envelope),
+        Err(e) => {
+            tracing::error!(message_id = %row.message_id, error = %e, "relaying an outbox row this build cannot decode");
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(row.message_id.to_string().into())
+        }
+    };
+    Outgoing {
+        // The column's CHECK allows only the exchanges there are.
+        exchange: Exchange::parse(&row.exchange).unwrap_or(Exchange::Events),
+        routing_key: row.routing_key,
+        payload: row.body.into_bytes(),
+        properties,
+    }
 }

@@ -8,6 +8,7 @@ pub mod descriptions;
 pub mod orders;
 pub mod page;
 pub mod ratings;
+pub mod reconcile;
 pub mod reviews;
 pub mod stock;
 

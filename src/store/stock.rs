@@ -3,12 +3,16 @@
 //! Scripts run by SHA (`EVALSHA`); `redis::Script` reloads one with `SCRIPT LOAD` when Redis
 //! answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`), so callers never see that error.
 
-use std::sync::{Arc, LazyLock};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, LazyLock},
+};
 
 use redis::{Script, aio::ConnectionManager};
 use uuid::Uuid;
 
 use super::StoreError;
+use crate::domain::reservation::{Level, Record};
 
 // One copy per process: the handles are cloned into every request's state, and a `Script`
 // clone copies its source.
@@ -18,6 +22,16 @@ static RESERVE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/reserve.lua")));
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../lua/release.lua")));
+
+/// Keys read or written per pipelined round trip by the reconcile tool.
+const REBUILD_BATCH: usize = 500;
+
+/// A reservation record as `orderly reconcile` writes it: reserved ones with their lines.
+pub struct RebuiltRecord<'a> {
+    pub order_id: Uuid,
+    pub record: Record,
+    pub lines: &'a [(Uuid, i64)],
+}
 
 /// How long a settled adjustment's marker is kept: seven days.
 pub const MARKER_RETENTION_MS: u64 = 7 * 24 * 60 * 60 * 1000;
@@ -176,6 +190,123 @@ impl StockCounters {
             .arg(MARKER_RETENTION_MS)
             .query_async::<()>(&mut self.redis.clone())
             .await?;
+        Ok(())
+    }
+
+    /// Each order's reservation record state, in the order given (`None`: no record). Read in
+    /// pipelined batches, for `orderly reconcile --check`.
+    pub async fn record_states(
+        &self,
+        order_ids: &[Uuid],
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let mut states = Vec::with_capacity(order_ids.len());
+        for chunk in order_ids.chunks(REBUILD_BATCH) {
+            let mut pipe = redis::pipe();
+            for &order in chunk {
+                pipe.hget(self.reservation_key(order), "state");
+            }
+            let batch: Vec<Option<String>> = pipe.query_async(&mut self.redis.clone()).await?;
+            states.extend(batch);
+        }
+        Ok(states)
+    }
+
+    /// Each product's `(available, held)` counters, in the order given; a missing key reads 0.
+    pub async fn counters(&self, product_ids: &[Uuid]) -> Result<Vec<Level>, StoreError> {
+        let mut levels = Vec::with_capacity(product_ids.len());
+        for chunk in product_ids.chunks(REBUILD_BATCH) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .flat_map(|&id| [self.available_key(id), self.held_key(id)])
+                .collect();
+            let values: Vec<Option<i64>> = super::mget(&self.redis, &keys).await?;
+            levels.extend(values.chunks(2).map(|pair| Level {
+                available: pair[0].unwrap_or_default(),
+                held: pair[1].unwrap_or_default(),
+            }));
+        }
+        Ok(levels)
+    }
+
+    /// Whether `adjust.lua` applied an adjustment (`None`: it never saw it).
+    pub async fn adjustment_applied(
+        &self,
+        product_id: Uuid,
+        adjustment_id: Uuid,
+    ) -> Result<Option<bool>, StoreError> {
+        let marker: Option<String> = redis::cmd("GET")
+            .arg(self.adjustment_key(product_id, adjustment_id))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(marker.map(|m| m == "applied"))
+    }
+
+    /// Replaces every stock key under the prefix — counters, reservation records, adjustment
+    /// markers — with `levels` and `records`. Not atomic: only for a system with no traffic
+    /// (see `orderly reconcile`). Markers go too, so adjustments still pending in Postgres are
+    /// applied again by the recovery loop, on top of on-hand counts that exclude them.
+    pub async fn rebuild(
+        &self,
+        levels: &BTreeMap<Uuid, Level>,
+        records: &[RebuiltRecord<'_>],
+    ) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        for pattern in ["stock:*", "reservation:*"] {
+            let pattern = format!("{}{pattern}", self.prefix);
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(REBUILD_BATCH)
+                    .query_async(&mut redis)
+                    .await?;
+                if !keys.is_empty() {
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async::<()>(&mut redis)
+                        .await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        let levels: Vec<_> = levels.iter().collect();
+        for chunk in levels.chunks(REBUILD_BATCH) {
+            let mut pipe = redis::pipe();
+            for &(&product, level) in chunk {
+                pipe.set(self.available_key(product), level.available)
+                    .ignore()
+                    .set(self.held_key(product), level.held)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut redis).await?;
+        }
+        for chunk in records.chunks(REBUILD_BATCH) {
+            let mut pipe = redis::pipe();
+            for record in chunk {
+                let key = self.reservation_key(record.order_id);
+                let mut fields = vec![("state".to_owned(), record.record.as_str().to_owned())];
+                match record.record {
+                    // The fields `reserve.lua` writes, which `release.lua` gives back from.
+                    Record::Reserved => fields.extend(
+                        record
+                            .lines
+                            .iter()
+                            .map(|(product, quantity)| (product.to_string(), quantity.to_string())),
+                    ),
+                    // Which line was short is not kept in Postgres; a replay only logs it.
+                    Record::Rejected => fields.push(("short".into(), "1".into())),
+                    Record::Released => {}
+                }
+                pipe.hset_multiple(key, &fields).ignore();
+            }
+            pipe.query_async::<()>(&mut redis).await?;
+        }
         Ok(())
     }
 

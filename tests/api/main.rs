@@ -11,6 +11,7 @@ mod ops;
 mod orders;
 mod processes;
 mod products;
+mod reconcile;
 mod reservations;
 mod reviews;
 mod seed;

@@ -11,7 +11,7 @@ use orderly::{
     messaging::{
         self,
         envelope::{Body, Envelope},
-        publisher::Publisher,
+        publisher::{Outgoing, Publisher},
         topology::{Queue, Topology},
     },
     roles::Role,
@@ -107,7 +107,7 @@ async fn commands_delivered_again_change_nothing() {
         },
     );
     publisher
-        .publish_all(&[charge.clone(), charge, reserve])
+        .publish_all(&[&charge, &charge, &reserve].map(Outgoing::encode))
         .await
         .unwrap();
     let _ = connection.close(200, "done").await;
@@ -134,6 +134,75 @@ async fn commands_delivered_again_change_nothing() {
     assert_eq!(log_entries().await, before);
 }
 
+/// The first message in `queue`'s dead-letter queue, waiting up to five seconds for one.
+async fn dead_letter(
+    channel: &lapin::Channel,
+    topology: &Topology,
+    queue: Queue,
+) -> lapin::message::BasicGetMessage {
+    for _ in 0..50 {
+        if let Some(dead) = channel
+            .basic_get(
+                &topology.dead_letter_queue(queue),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            return dead;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "nothing reached the dead-letter queue of {}",
+        queue.as_str()
+    );
+}
+
+fn reason(message: &lapin::message::BasicGetMessage) -> String {
+    let headers = message.delivery.properties.headers().clone().unwrap();
+    let Some(lapin::types::AMQPValue::LongString(reason)) = headers.inner().get("x-orderly-reason")
+    else {
+        panic!("no reason header: {headers:?}");
+    };
+    String::from_utf8_lossy(reason.as_bytes()).into_owned()
+}
+
+#[tokio::test]
+async fn an_outbox_row_the_relay_cannot_decode_moves_on_and_holds_nothing_back() {
+    let app = spawn_app().await;
+    let topology = Topology::new(&app.settings.amqp_prefix);
+    let connection = messaging::connect(&app.settings.amqp_url, "test")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    topology.declare(&channel).await.unwrap();
+    // Ahead of every message the order below writes, as a row from another version would be.
+    sqlx::query(
+        "INSERT INTO outbox (message_id, exchange, routing_key, body) \
+         VALUES ($1, 'commands', 'payments.charge_payment', '{\"not\": \"an envelope\"}')",
+    )
+    .bind(Uuid::now_v7())
+    .execute(&app.stores.pg)
+    .await
+    .unwrap();
+
+    let product = app.create_product(500, 3).await;
+    let (_, token) = app.create_customer(10_000).await;
+    let placed = app.place_order(&token, "behind", &[(product, 1)]).await;
+    let order = placed.body["id"].as_str().unwrap();
+    assert_eq!(app.settled_order(order).await["status"], "confirmed");
+
+    let dead = dead_letter(&channel, &topology, Queue::Payments).await;
+    assert!(
+        reason(&dead).starts_with("malformed message"),
+        "{}",
+        reason(&dead)
+    );
+    assert_eq!(dead.delivery.data, b"{\"not\": \"an envelope\"}");
+    let _ = connection.close(200, "done").await;
+}
+
 #[tokio::test]
 async fn a_message_nobody_can_process_is_dead_lettered_with_its_reason() {
     let app = spawn_app().await;
@@ -156,28 +225,12 @@ async fn a_message_nobody_can_process_is_dead_lettered_with_its_reason() {
         .unwrap()
         .await
         .unwrap();
-    let mut dead = None;
-    for _ in 0..50 {
-        dead = channel
-            .basic_get(
-                &topology.dead_letter_queue(Queue::Payments),
-                BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap();
-        if dead.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let dead = dead.expect("the message reached the dead-letter queue");
-    let headers = dead.delivery.properties.headers().clone().unwrap();
-    let Some(lapin::types::AMQPValue::LongString(reason)) = headers.inner().get("x-orderly-reason")
-    else {
-        panic!("no reason header: {headers:?}");
-    };
-    let reason = String::from_utf8_lossy(reason.as_bytes());
-    assert!(reason.starts_with("malformed message"), "{reason}");
+    let dead = dead_letter(&channel, &topology, Queue::Payments).await;
+    assert!(
+        reason(&dead).starts_with("malformed message"),
+        "{}",
+        reason(&dead)
+    );
     assert_eq!(dead.delivery.data, b"{\"not\": \"an envelope\"}");
     let _ = connection.close(200, "done").await;
     let metrics = app.metrics().await;
@@ -207,4 +260,48 @@ async fn saga_metrics_count_starts_outcomes_and_durations() {
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }
+}
+
+#[tokio::test]
+async fn a_retried_message_returns_to_its_queue_when_its_delay_runs_out() {
+    // No payments consumer, so the message stays where the delay queue puts it back.
+    let roles: Vec<Role> = Role::ALL
+        .into_iter()
+        .filter(|r| *r != Role::Payments)
+        .collect();
+    let app = spawn_app_with_roles(&[], &roles).await;
+    let topology = Topology::new(&app.settings.amqp_prefix);
+    let connection = messaging::connect(&app.settings.amqp_url, "test")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    topology.declare(&channel).await.unwrap();
+    channel
+        .basic_publish(
+            "",
+            &topology.retry_queue(Queue::Payments, 1),
+            BasicPublishOptions::default(),
+            b"later",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut back = None;
+    for _ in 0..50 {
+        back = channel
+            .basic_get(
+                &topology.queue(Queue::Payments),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        if back.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(back.expect("back in its queue").delivery.data, b"later");
+    let _ = connection.close(200, "done").await;
 }

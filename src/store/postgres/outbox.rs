@@ -51,21 +51,34 @@ pub async fn enqueue(conn: &mut PgConnection, envelopes: &[Envelope]) -> Result<
     .map(drop)
 }
 
+/// A row taken for publishing, as stored: the relay sends the body as it is.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Taken {
+    pub id: i64,
+    pub message_id: uuid::Uuid,
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: String,
+}
+
 /// Deletes up to `limit` of the oldest rows no other relay holds, in the caller's transaction,
 /// and returns them oldest first. They are gone only if that transaction commits: the caller
 /// commits once RabbitMQ confirmed them, and a rollback (or a crash) puts them back.
-pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<Envelope>, sqlx::Error> {
-    let mut rows: Vec<(i64, Json<Envelope>)> = sqlx::query_as(
+///
+/// Bodies come back as text, not decoded: a row this build cannot read (written by another
+/// version, say) must still move, or it would stall every row behind it.
+pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<Taken>, sqlx::Error> {
+    let mut rows: Vec<Taken> = sqlx::query_as(
         "DELETE FROM outbox WHERE id IN \
              (SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-         RETURNING id, body",
+         RETURNING id, message_id, exchange, routing_key, body::text AS body",
     )
     .bind(limit)
     .fetch_all(conn)
     .await?;
     // RETURNING follows no order.
-    rows.sort_unstable_by_key(|&(id, _)| id);
-    Ok(rows.into_iter().map(|(_, Json(e))| e).collect())
+    rows.sort_unstable_by_key(|row| row.id);
+    Ok(rows)
 }
 
 /// Rows not yet published.

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::orders::{self, OrderRow};
 use crate::domain::{
     order::OrderReason,
-    saga::{Saga, SagaKind, SagaState, Step},
+    saga::{Saga, SagaKind, SagaState, Step, StepStatus},
 };
 
 #[derive(Debug, Clone)]
@@ -180,4 +180,37 @@ pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, Uuid)>, sqlx::E
     .bind(limit)
     .fetch_all(pool)
     .await
+}
+
+/// An order's stock steps: its checkout's `reserve_stock`, and the `release_stock` of its
+/// cancellation saga if it has one.
+#[derive(Debug, Clone, Copy)]
+pub struct StockSteps {
+    pub order_id: Uuid,
+    pub reserve: StepStatus,
+    pub release: Option<StepStatus>,
+}
+
+/// The stock steps of every order, read from the steps' JSON without decoding whole sagas.
+pub async fn stock_steps(pool: &PgPool) -> Result<Vec<StockSteps>, sqlx::Error> {
+    let rows: Vec<(Uuid, Json<StepStatus>, Option<Json<StepStatus>>)> = sqlx::query_as(
+        "SELECT c.order_id, r.step -> 'status', \
+                (SELECT st -> 'status' FROM sagas x, jsonb_array_elements(x.steps) st \
+                  WHERE x.order_id = c.order_id AND x.kind = 'cancellation' \
+                    AND st ->> 'name' = 'release_stock') \
+           FROM sagas c \
+           CROSS JOIN LATERAL (SELECT st AS step FROM jsonb_array_elements(c.steps) st \
+                                WHERE st ->> 'name' = 'reserve_stock') r \
+          WHERE c.kind = 'checkout'",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(order_id, reserve, release)| StockSteps {
+            order_id,
+            reserve: reserve.0,
+            release: release.map(|r| r.0),
+        })
+        .collect())
 }

@@ -165,3 +165,17 @@ pub async fn applied_total(pool: &PgPool, product_id: Uuid) -> Result<i64, sqlx:
     .fetch_one(pool)
     .await
 }
+
+/// Every product's units on hand.
+pub async fn all_on_hand(pool: &PgPool) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT product_id, on_hand FROM stock_levels")
+        .fetch_all(pool)
+        .await
+}
+
+/// Every adjustment not yet settled, of every product.
+pub async fn all_pending(pool: &PgPool) -> Result<Vec<PendingAdjustment>, sqlx::Error> {
+    sqlx::query_as("SELECT id, product_id, delta FROM stock_adjustments WHERE status = 'pending'")
+        .fetch_all(pool)
+        .await
+}

@@ -1,0 +1,285 @@
+//! What Redis must hold, judged from Postgres alone: each order's reservation record from its
+//! sagas' stock steps, and each product's counters from its units on hand. This is the rule
+//! `orderly reconcile` rebuilds Redis by after Redis lost its data, and checks it against.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use super::saga::StepStatus;
+
+/// The state of an order's reservation record, as `reserve.lua` and `release.lua` write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Record {
+    /// The order holds its lines' units.
+    Reserved,
+    /// `reserve.lua` refused the order; it holds nothing.
+    Rejected,
+    /// Released, or a tombstone written before any reserve landed; holds nothing.
+    Released,
+}
+
+impl Record {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved",
+            Self::Rejected => "rejected",
+            Self::Released => "released",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "reserved" => Some(Self::Reserved),
+            "rejected" => Some(Self::Rejected),
+            "released" => Some(Self::Released),
+            _ => None,
+        }
+    }
+}
+
+/// What an order's record must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// No stock command was ever sent: no record.
+    Absent,
+    Settled(Record),
+    /// A stock command is in flight, so its effect may or may not have landed: either record is
+    /// right. A rebuild writes `rebuild_as`, the one the command's replay and any reply already
+    /// on its way both agree with.
+    Unsettled {
+        rebuild_as: Record,
+    },
+}
+
+impl Expected {
+    /// The record a rebuild writes, if any.
+    pub fn rebuilt(self) -> Option<Record> {
+        match self {
+            Self::Absent => None,
+            Self::Settled(record) | Self::Unsettled { rebuild_as: record } => Some(record),
+        }
+    }
+
+    /// Whether `found` (the record Redis holds, if any) agrees.
+    pub fn accepts(self, found: Option<Record>) -> bool {
+        match self {
+            Self::Absent => found.is_none(),
+            Self::Settled(record) => found == Some(record),
+            // A reserve in flight may have reserved, been refused, or not run yet; a release in
+            // flight may have run or not.
+            Self::Unsettled {
+                rebuild_as: Record::Reserved,
+            } => true,
+            Self::Unsettled { .. } => {
+                matches!(found, Some(Record::Reserved | Record::Released))
+            }
+        }
+    }
+}
+
+/// The record an order must have, from its checkout saga's `reserve_stock` step and, once it
+/// was confirmed and then cancelled, its cancellation saga's `release_stock` step.
+///
+/// An in-flight reserve is rebuilt as reserved: if it had reserved, its `stock_reserved` reply
+/// may already be in a queue, and a rebuild that dropped the hold would let the saga confirm
+/// units Redis has given to someone else. An in-flight release is rebuilt as released: the
+/// release replays as a no-op, and a reply already on its way says the same.
+pub fn expected(reserve: StepStatus, release: Option<StepStatus>) -> Expected {
+    match (reserve, release) {
+        (StepStatus::Pending | StepStatus::Skipped, _) => Expected::Absent,
+        (StepStatus::Running, _) => Expected::Unsettled {
+            rebuild_as: Record::Reserved,
+        },
+        (StepStatus::Failed, _) => Expected::Settled(Record::Rejected),
+        (StepStatus::Compensating, _) | (StepStatus::Succeeded, Some(StepStatus::Running)) => {
+            Expected::Unsettled {
+                rebuild_as: Record::Released,
+            }
+        }
+        (StepStatus::Compensated, _) | (StepStatus::Succeeded, Some(StepStatus::Succeeded)) => {
+            Expected::Settled(Record::Released)
+        }
+        (StepStatus::Succeeded, _) => Expected::Settled(Record::Reserved),
+    }
+}
+
+/// A product's two counters in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Level {
+    pub available: i64,
+    pub held: i64,
+}
+
+/// Products whose live reservations hold more than they have on hand: Postgres itself
+/// disagrees with the reservations, and no counters can be right.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} product(s) hold more units than they have on hand", .0.len())]
+pub struct Overcommitted(pub Vec<(Uuid, Level)>);
+
+/// Each product's counters: `held` is what the reserved orders' lines take, `available` the
+/// rest of what is on hand. Every product on hand gets counters, even at zero; a line of a
+/// product with no stock level counts against zero on hand.
+pub fn levels<'a>(
+    on_hand: impl IntoIterator<Item = (Uuid, i64)>,
+    reserved_lines: impl IntoIterator<Item = &'a (Uuid, i64)>,
+) -> Result<BTreeMap<Uuid, Level>, Overcommitted> {
+    let mut levels: BTreeMap<Uuid, Level> = on_hand
+        .into_iter()
+        .map(|(product, units)| {
+            (
+                product,
+                Level {
+                    available: units,
+                    held: 0,
+                },
+            )
+        })
+        .collect();
+    for &(product, quantity) in reserved_lines {
+        let level = levels.entry(product).or_default();
+        level.available -= quantity;
+        level.held += quantity;
+    }
+    let over: Vec<_> = levels
+        .iter()
+        .filter(|(_, level)| level.available < 0)
+        .map(|(&product, &level)| (product, level))
+        .collect();
+    if over.is_empty() {
+        Ok(levels)
+    } else {
+        Err(Overcommitted(over))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const STATUSES: [StepStatus; 7] = [
+        StepStatus::Pending,
+        StepStatus::Running,
+        StepStatus::Succeeded,
+        StepStatus::Failed,
+        StepStatus::Compensating,
+        StepStatus::Compensated,
+        StepStatus::Skipped,
+    ];
+
+    #[test]
+    fn a_confirmed_order_holds_its_units_until_its_cancellation_releases_them() {
+        use StepStatus::*;
+        assert_eq!(
+            expected(Succeeded, None),
+            Expected::Settled(Record::Reserved)
+        );
+        assert_eq!(
+            expected(Succeeded, Some(Pending)),
+            Expected::Settled(Record::Reserved)
+        );
+        assert_eq!(
+            expected(Succeeded, Some(Running)).rebuilt(),
+            Some(Record::Released)
+        );
+        assert_eq!(
+            expected(Succeeded, Some(Succeeded)),
+            Expected::Settled(Record::Released)
+        );
+    }
+
+    #[test]
+    fn a_reserve_in_flight_is_rebuilt_as_held_and_accepts_any_outcome() {
+        let e = expected(StepStatus::Running, None);
+        assert_eq!(e.rebuilt(), Some(Record::Reserved));
+        for found in [
+            None,
+            Some(Record::Reserved),
+            Some(Record::Rejected),
+            Some(Record::Released),
+        ] {
+            assert!(e.accepts(found));
+        }
+    }
+
+    #[test]
+    fn a_release_in_flight_accepts_held_or_released_but_not_missing() {
+        let e = expected(StepStatus::Compensating, None);
+        assert_eq!(e.rebuilt(), Some(Record::Released));
+        assert!(e.accepts(Some(Record::Reserved)));
+        assert!(e.accepts(Some(Record::Released)));
+        assert!(!e.accepts(None));
+        assert!(!e.accepts(Some(Record::Rejected)));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for record in [Record::Reserved, Record::Rejected, Record::Released] {
+            assert_eq!(Record::parse(record.as_str()), Some(record));
+        }
+        assert_eq!(Record::parse("held"), None);
+    }
+
+    #[test]
+    fn overcommitted_products_are_named() {
+        let p = Uuid::from_u128(1);
+        let q = Uuid::from_u128(2);
+        let err = levels([(p, 3), (q, 5)], &[(p, 2), (p, 2), (q, 5)]).unwrap_err();
+        assert_eq!(
+            err.0,
+            vec![(
+                p,
+                Level {
+                    available: -1,
+                    held: 4
+                }
+            )]
+        );
+    }
+
+    proptest! {
+        /// A rebuilt record is always one the rule accepts, so a check right after a rebuild
+        /// finds no drift.
+        #[test]
+        fn a_rebuild_agrees_with_its_own_check(r in 0..7usize, c in prop::option::of(0..7usize)) {
+            let e = expected(STATUSES[r], c.map(|c| STATUSES[c]));
+            prop_assert!(e.accepts(e.rebuilt()));
+        }
+
+        /// On hand = available + held for every product, held is exactly the reserved lines,
+        /// and nothing is negative when the lines fit.
+        #[test]
+        fn levels_conserve_what_is_on_hand(
+            on_hand in prop::collection::vec(0i64..50, 1..6),
+            lines in prop::collection::vec((0usize..6, 1i64..10), 0..30),
+        ) {
+            let products: Vec<Uuid> = (0..6u128).map(Uuid::from_u128).collect();
+            let stock: Vec<(Uuid, i64)> =
+                on_hand.iter().enumerate().map(|(i, &n)| (products[i], n)).collect();
+            let lines: Vec<(Uuid, i64)> = lines.iter().map(|&(i, q)| (products[i], q)).collect();
+            let held = |p: Uuid| lines.iter().filter(|l| l.0 == p).map(|l| l.1).sum::<i64>();
+            let units = |p: Uuid| stock.iter().find(|s| s.0 == p).map_or(0, |s| s.1);
+            match levels(stock.iter().copied(), &lines) {
+                Ok(levels) => {
+                    for (&product, level) in &levels {
+                        prop_assert!(level.available >= 0);
+                        prop_assert_eq!(level.held, held(product));
+                        prop_assert_eq!(level.available + level.held, units(product));
+                    }
+                    for &(product, _) in &stock {
+                        prop_assert!(levels.contains_key(&product));
+                    }
+                }
+                Err(Overcommitted(over)) => {
+                    prop_assert!(!over.is_empty());
+                    for (product, level) in over {
+                        prop_assert!(held(product) > units(product));
+                        prop_assert_eq!(level.available + level.held, units(product));
+                    }
+                }
+            }
+        }
+    }
+}
