@@ -57,6 +57,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker { roles } => app::work(settings, roles).await,
         Command::Migrate => app::migrate(&settings).await,
         Command::Seed => app::seed(&settings).await,
-        Command::Reconcile { check } => app::reconcile(&settings, check).await,
+        Command::Reconcile { check } => {
+            if !app::reconcile(&settings, check).await? {
+                eprintln!(
+                    "Redis has drifted from Postgres; `orderly reconcile` (with the API and workers stopped) rebuilds it"
+                );
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
