@@ -159,16 +159,6 @@ mod tests {
 
     use super::*;
 
-    const STATUSES: [StepStatus; 7] = [
-        StepStatus::Pending,
-        StepStatus::Running,
-        StepStatus::Succeeded,
-        StepStatus::Failed,
-        StepStatus::Compensating,
-        StepStatus::Compensated,
-        StepStatus::Skipped,
-    ];
-
     #[test]
     fn a_confirmed_order_holds_its_units_until_its_cancellation_releases_them() {
         use StepStatus::*;
@@ -244,7 +234,7 @@ mod tests {
         /// finds no drift.
         #[test]
         fn a_rebuild_agrees_with_its_own_check(r in 0..7usize, c in prop::option::of(0..7usize)) {
-            let e = expected(STATUSES[r], c.map(|c| STATUSES[c]));
+            let e = expected(StepStatus::ALL[r], c.map(|c| StepStatus::ALL[c]));
             prop_assert!(e.accepts(e.rebuilt()));
         }
 

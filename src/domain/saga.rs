@@ -120,6 +120,16 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
+    pub const ALL: [Self; 7] = [
+        Self::Pending,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Compensating,
+        Self::Compensated,
+        Self::Skipped,
+    ];
+
     /// The name used in JSON, in Postgres and in metric labels.
     pub fn as_str(self) -> &'static str {
         match self {

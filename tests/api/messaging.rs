@@ -134,6 +134,18 @@ async fn commands_delivered_again_change_nothing() {
     assert_eq!(log_entries().await, before);
 }
 
+/// A channel on the app's broker, with its topology declared already: the app declares it only
+/// as its consumers start.
+async fn broker(app: &TestApp) -> (lapin::Connection, lapin::Channel, Topology) {
+    let topology = Topology::new(&app.settings.amqp_prefix);
+    let connection = messaging::connect(&app.settings.amqp_url, "test")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    topology.declare(&channel).await.unwrap();
+    (connection, channel, topology)
+}
+
 /// The first message in `queue`'s dead-letter queue, waiting up to five seconds for one.
 async fn dead_letter(
     channel: &lapin::Channel,
@@ -171,12 +183,7 @@ fn reason(message: &lapin::message::BasicGetMessage) -> String {
 #[tokio::test]
 async fn an_outbox_row_the_relay_cannot_decode_moves_on_and_holds_nothing_back() {
     let app = spawn_app().await;
-    let topology = Topology::new(&app.settings.amqp_prefix);
-    let connection = messaging::connect(&app.settings.amqp_url, "test")
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    topology.declare(&channel).await.unwrap();
+    let (connection, channel, topology) = broker(&app).await;
     // Ahead of every message the order below writes, as a row from another version would be.
     sqlx::query(
         "INSERT INTO outbox (message_id, exchange, routing_key, body) \
@@ -206,13 +213,7 @@ async fn an_outbox_row_the_relay_cannot_decode_moves_on_and_holds_nothing_back()
 #[tokio::test]
 async fn a_message_nobody_can_process_is_dead_lettered_with_its_reason() {
     let app = spawn_app().await;
-    let topology = Topology::new(&app.settings.amqp_prefix);
-    let connection = messaging::connect(&app.settings.amqp_url, "test")
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    // The app declares its topology as its consumers start; make sure it exists already.
-    topology.declare(&channel).await.unwrap();
+    let (connection, channel, topology) = broker(&app).await;
     channel
         .basic_publish(
             "",
@@ -270,12 +271,7 @@ async fn a_retried_message_returns_to_its_queue_when_its_delay_runs_out() {
         .filter(|r| *r != Role::Payments)
         .collect();
     let app = spawn_app_with_roles(&[], &roles).await;
-    let topology = Topology::new(&app.settings.amqp_prefix);
-    let connection = messaging::connect(&app.settings.amqp_url, "test")
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    topology.declare(&channel).await.unwrap();
+    let (connection, channel, topology) = broker(&app).await;
     channel
         .basic_publish(
             "",

@@ -424,15 +424,7 @@ fn names_agree_with_their_json() {
     ] {
         assert_eq!(s.as_str(), json(serde_json::to_value(s).unwrap()));
     }
-    for s in [
-        StepStatus::Pending,
-        StepStatus::Running,
-        StepStatus::Succeeded,
-        StepStatus::Failed,
-        StepStatus::Compensating,
-        StepStatus::Compensated,
-        StepStatus::Skipped,
-    ] {
+    for s in StepStatus::ALL {
         assert_eq!(s.as_str(), json(serde_json::to_value(s).unwrap()));
     }
 }
