@@ -120,7 +120,7 @@ impl Stores {
     }
 }
 
-/// Waits until no saga runs, the outbox is empty and MongoDB holds every history event Postgres
+/// Waits until no saga runs or is about to (an accepted cancel), the outbox is empty and MongoDB holds every history event Postgres
 /// numbered; returns how long that took. Past `limit` it returns anyway: the checks then name
 /// whatever did not finish.
 pub async fn wait_until_quiet(stores: &Stores, limit: Duration) -> anyhow::Result<Duration> {
@@ -129,12 +129,21 @@ pub async fn wait_until_quiet(stores: &Stores, limit: Duration) -> anyhow::Resul
         let running = stores
             .count("SELECT count(*) FROM sagas WHERE state IN ('running', 'compensating')")
             .await?;
+        // A cancel accepted for a confirmed order runs no saga until the orchestrator takes
+        // its message off the queue: in between the order looks settled.
+        let cancels_in_flight = stores
+            .count(
+                "SELECT count(*) FROM orders o WHERE o.cancel_requested_at IS NOT NULL \
+                   AND o.status = 'confirmed' AND NOT EXISTS \
+                   (SELECT 1 FROM sagas s WHERE s.order_id = o.id AND s.kind = 'cancellation')",
+            )
+            .await?;
         let outbox = stores.count("SELECT count(*) FROM outbox").await?;
         let numbered = stores
             .count("SELECT COALESCE(SUM(last_seq), 0)::bigint FROM orders")
             .await?;
         let projected = stores.history_events().await?;
-        if running == 0 && outbox == 0 && projected as i64 >= numbered {
+        if running == 0 && cancels_in_flight == 0 && outbox == 0 && projected as i64 >= numbered {
             return Ok(start.elapsed());
         }
         if start.elapsed() > limit {
