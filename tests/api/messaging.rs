@@ -134,6 +134,9 @@ async fn commands_delivered_again_change_nothing() {
     assert_eq!(log_entries().await, before);
 }
 
+/// A body no role can decode, written as Postgres's `jsonb` prints it back.
+const POISON: &str = "{\"not\": \"an envelope\"}";
+
 /// A channel on the app's broker, with its topology declared already: the app declares it only
 /// as its consumers start.
 async fn broker(app: &TestApp) -> (lapin::Connection, lapin::Channel, Topology) {
@@ -171,13 +174,18 @@ async fn dead_letter(
     );
 }
 
-fn reason(message: &lapin::message::BasicGetMessage) -> String {
-    let headers = message.delivery.properties.headers().clone().unwrap();
+/// The payments queue's poison message (`POISON`) reached its dead-letter queue, unchanged,
+/// with its reason.
+async fn assert_poison_dead_lettered(channel: &lapin::Channel, topology: &Topology) {
+    let dead = dead_letter(channel, topology, Queue::Payments).await;
+    let headers = dead.delivery.properties.headers().clone().unwrap();
     let Some(lapin::types::AMQPValue::LongString(reason)) = headers.inner().get("x-orderly-reason")
     else {
         panic!("no reason header: {headers:?}");
     };
-    String::from_utf8_lossy(reason.as_bytes()).into_owned()
+    let reason = String::from_utf8_lossy(reason.as_bytes());
+    assert!(reason.starts_with("malformed message"), "{reason}");
+    assert_eq!(dead.delivery.data, POISON.as_bytes());
 }
 
 #[tokio::test]
@@ -187,9 +195,10 @@ async fn an_outbox_row_the_relay_cannot_decode_moves_on_and_holds_nothing_back()
     // Ahead of every message the order below writes, as a row from another version would be.
     sqlx::query(
         "INSERT INTO outbox (message_id, exchange, routing_key, body) \
-         VALUES ($1, 'commands', 'payments.charge_payment', '{\"not\": \"an envelope\"}')",
+         VALUES ($1, 'commands', 'payments.charge_payment', $2::jsonb)",
     )
     .bind(Uuid::now_v7())
+    .bind(POISON)
     .execute(&app.stores.pg)
     .await
     .unwrap();
@@ -200,13 +209,7 @@ async fn an_outbox_row_the_relay_cannot_decode_moves_on_and_holds_nothing_back()
     let order = placed.body["id"].as_str().unwrap();
     assert_eq!(app.settled_order(order).await["status"], "confirmed");
 
-    let dead = dead_letter(&channel, &topology, Queue::Payments).await;
-    assert!(
-        reason(&dead).starts_with("malformed message"),
-        "{}",
-        reason(&dead)
-    );
-    assert_eq!(dead.delivery.data, b"{\"not\": \"an envelope\"}");
+    assert_poison_dead_lettered(&channel, &topology).await;
     let _ = connection.close(200, "done").await;
 }
 
@@ -219,20 +222,14 @@ async fn a_message_nobody_can_process_is_dead_lettered_with_its_reason() {
             "",
             &topology.queue(Queue::Payments),
             BasicPublishOptions::default(),
-            b"{\"not\": \"an envelope\"}",
+            POISON.as_bytes(),
             BasicProperties::default().with_delivery_mode(2),
         )
         .await
         .unwrap()
         .await
         .unwrap();
-    let dead = dead_letter(&channel, &topology, Queue::Payments).await;
-    assert!(
-        reason(&dead).starts_with("malformed message"),
-        "{}",
-        reason(&dead)
-    );
-    assert_eq!(dead.delivery.data, b"{\"not\": \"an envelope\"}");
+    assert_poison_dead_lettered(&channel, &topology).await;
     let _ = connection.close(200, "done").await;
     let metrics = app.metrics().await;
     assert!(
