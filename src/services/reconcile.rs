@@ -48,9 +48,9 @@ impl fmt::Display for Drift {
                 "order {order_id}: reservation record {}, expected {}",
                 found.as_deref().unwrap_or("missing"),
                 match expected {
-                    Expected::Absent => "none".to_owned(),
-                    Expected::Settled(record) => record.as_str().to_owned(),
-                    Expected::Unsettled { .. } => "reserved or released".to_owned(),
+                    Expected::Absent => "none",
+                    Expected::Settled(record) => record.as_str(),
+                    Expected::Unsettled { .. } => "reserved or released",
                 }
             ),
             Self::Counters {

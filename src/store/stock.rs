@@ -135,10 +135,7 @@ impl StockCounters {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = product_ids.iter().map(|&id| self.held_key(id)).collect();
-        let values: Vec<Option<i64>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.redis.clone())
-            .await?;
+        let values: Vec<Option<i64>> = super::mget(&self.redis, &keys).await?;
         Ok(values.into_iter().map(Option::unwrap_or_default).collect())
     }
 
