@@ -11,6 +11,7 @@ use crate::{
     http::{self, AppState},
     messaging::topology::Topology,
     metrics::Metrics,
+    readiness::{Readiness, Store, when_set_up},
     roles::{self, Role, RoleContext},
     seed,
     services::{
@@ -18,31 +19,21 @@ use crate::{
         reconcile::Reconciler, reviews::Reviews,
     },
     store::{
-        broker::Broker, documents::CatalogDocuments, history::OrderHistory, postgres,
-        ratings::RatingCache, stock::StockCounters,
+        broker::Broker, documents::CatalogDocuments, postgres, ratings::RatingCache,
+        stock::StockCounters,
     },
 };
 
-/// Connects every store, applying migrations and creating indexes on the way.
-/// Every store, with a Postgres pool of up to `pg_pool` connections.
-pub async fn connect(settings: &Settings, pg_pool: u32) -> anyhow::Result<Stores> {
+/// Handles on every store, with a Postgres pool of up to `pg_pool` connections. No store is
+/// contacted yet; [`Readiness`] sets them up. Fails only on settings that cannot work.
+pub async fn open(settings: &Settings, pg_pool: u32) -> anyhow::Result<Stores> {
     Currency::parse(&settings.currency).context("ORDERLY_CURRENCY")?;
-    let pg = postgres::migrate(settings, pg_pool)
-        .await
-        .context("connecting to Postgres")?;
-    let stock = StockCounters::connect(&settings.redis_url, &settings.redis_prefix)
-        .await
-        .context("connecting to Redis")?;
+    let pg = postgres::pool(settings, pg_pool).context("ORDERLY_DATABASE_URL")?;
+    let stock = StockCounters::open(&settings.redis_url, &settings.redis_prefix)
+        .context("ORDERLY_REDIS_URL")?;
     let docs = CatalogDocuments::connect(&settings.mongodb_url, &settings.mongodb_database)
         .await
-        .context("configuring the MongoDB client")?;
-    docs.ensure_indexes()
-        .await
-        .context("creating MongoDB indexes")?;
-    OrderHistory::new(docs.database())
-        .ensure_indexes()
-        .await
-        .context("creating MongoDB indexes")?;
+        .context("ORDERLY_MONGODB_URL")?;
     Ok(Stores {
         pg,
         ratings: RatingCache::new(stock.connection(), &settings.redis_prefix),
@@ -50,6 +41,38 @@ pub async fn connect(settings: &Settings, pg_pool: u32) -> anyhow::Result<Stores
         docs,
         broker: Arc::new(Broker::new(&settings.amqp_url)),
     })
+}
+
+/// Postgres, Redis and MongoDB, set up now (migrations, indexes), for one-shot commands and
+/// tests: fails on the first of them that does not answer.
+pub async fn connect(settings: &Settings, pg_pool: u32) -> anyhow::Result<Stores> {
+    let stores = open(settings, pg_pool).await?;
+    let failed = Readiness::default()
+        .try_set_up(
+            &stores,
+            settings,
+            &[Store::Postgres, Store::Redis, Store::Mongodb],
+        )
+        .await;
+    if let Some((store, e)) = failed.into_iter().next() {
+        return Err(anyhow::Error::new(e).context(format!("setting up {}", store.as_str())));
+    }
+    Ok(stores)
+}
+
+/// Opens the stores and tries to set up each of `which` once, so that on healthy stores a
+/// process starts ready; the ones that fail are named in the log and retried once it runs.
+async fn open_and_try(
+    settings: &Settings,
+    pg_pool: u32,
+    which: &[Store],
+) -> anyhow::Result<(Stores, Readiness)> {
+    let stores = open(settings, pg_pool).await?;
+    let readiness = Readiness::default();
+    for (store, e) in readiness.try_set_up(&stores, settings, which).await {
+        tracing::warn!(store = store.as_str(), error = %e, "store not available at start; starting without it and retrying");
+    }
+    Ok((stores, readiness))
 }
 
 /// The API and the worker roles run beside it, bound to its address but not yet serving.
@@ -71,7 +94,8 @@ impl Application {
 
     /// The API with the given worker roles (none for `orderly api`).
     pub async fn build_with_roles(settings: Settings, roles: Vec<Role>) -> anyhow::Result<Self> {
-        let stores = connect(&settings, settings.pg_max_connections).await?;
+        let (stores, readiness) =
+            open_and_try(&settings, settings.pg_max_connections, &Store::ALL).await?;
         let listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("binding {}", settings.http_addr))?;
@@ -79,9 +103,8 @@ impl Application {
             stores.clone()
         } else {
             Stores {
-                pg: postgres::connect(&settings, settings.worker_pg_max_connections)
-                    .await
-                    .context("connecting to Postgres")?,
+                pg: postgres::pool(&settings, settings.worker_pg_max_connections)
+                    .context("ORDERLY_DATABASE_URL")?,
                 ..stores.clone()
             }
         };
@@ -98,10 +121,12 @@ impl Application {
                 policy,
                 metrics.clone(),
                 settings.max_pending_orders,
+                settings.max_pending_per_customer,
             ),
             metrics,
             admin_token: Arc::from(settings.admin_token.as_str()),
             stores,
+            readiness,
         };
         Ok(Self {
             listener,
@@ -123,6 +148,11 @@ impl Application {
         &self.state.stores
     }
 
+    /// Which of its stores the application has set up so far.
+    pub fn readiness(&self) -> &Readiness {
+        &self.state.readiness
+    }
+
     /// Serves until `shutdown` resolves, then stops taking connections, lets requests in flight
     /// finish (up to the grace period) and stops the background tasks.
     pub async fn run_until_stopped(
@@ -131,15 +161,35 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(
-            self.state
-                .orders
-                .clone()
-                .run_settlement_listener(stop_rx.clone()),
+        let readiness = self.state.readiness.clone();
+        readiness.spawn_set_up(
+            &self.state.stores,
+            &self.settings,
+            &Store::ALL,
+            &stop_rx,
+            &mut tasks,
         );
-        tasks.spawn(self.state.orders.clone().run_backlog_watch(stop_rx.clone()));
+        let orders = self.state.orders.clone();
+        tasks.spawn(when_set_up(
+            readiness.clone(),
+            &[Store::Postgres],
+            stop_rx.clone(),
+            orders.clone().run_settlement_listener(stop_rx.clone()),
+        ));
+        tasks.spawn(when_set_up(
+            readiness.clone(),
+            &[Store::Postgres],
+            stop_rx.clone(),
+            orders.run_backlog_watch(stop_rx.clone()),
+        ));
         let context = role_context(&self.role_stores, &self.settings, &self.state.metrics);
-        roles::spawn(context, &self.roles, stop_rx.clone(), &mut tasks);
+        roles::spawn(
+            context,
+            &self.roles,
+            &readiness,
+            stop_rx.clone(),
+            &mut tasks,
+        );
         let broker = self.state.stores.broker.clone();
         let router = http::router(self.state, self.settings.body_limit_bytes);
         tracing::info!(addr = %self.listener.local_addr()?, "orderly is serving");
@@ -189,22 +239,32 @@ async fn drain(mut tasks: JoinSet<()>, grace: Duration) {
 /// stops taking messages and finishes those in flight.
 pub async fn work(settings: Settings, roles: Vec<Role>) -> anyhow::Result<()> {
     tracing::info!(settings = ?settings, roles = ?roles, "starting worker");
-    let stores = connect(&settings, settings.worker_pg_max_connections).await?;
+    let needed = roles::needs(&roles);
+    let (stores, readiness) =
+        open_and_try(&settings, settings.worker_pg_max_connections, &needed).await?;
+    let settings = Arc::new(settings);
     let metrics = Arc::new(Metrics::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    roles::spawn(
-        role_context(&stores, &settings, &metrics),
-        &roles,
-        stop_rx.clone(),
-        &mut tasks,
-    );
+    readiness.spawn_set_up(&stores, &settings, &needed, &stop_rx, &mut tasks);
+    let context = RoleContext {
+        stores: stores.clone(),
+        topology: Topology::new(&settings.amqp_prefix),
+        metrics: metrics.clone(),
+        settings: settings.clone(),
+    };
+    roles::spawn(context, &roles, &readiness, stop_rx.clone(), &mut tasks);
     if let Some(addr) = settings.worker_metrics_addr {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        tracing::info!(addr = %listener.local_addr()?, "serving worker metrics");
-        let router = http::ops::worker_router(metrics.clone());
+        tracing::info!(addr = %listener.local_addr()?, "serving worker metrics and readiness");
+        let probe = http::ops::Probe {
+            stores: stores.clone(),
+            readiness: readiness.clone(),
+            which: needed,
+        };
+        let router = http::ops::worker_router(metrics.clone(), probe);
         let mut stopped = stop_rx;
         tasks.spawn(async move {
             let stop = async move {
@@ -235,7 +295,8 @@ pub async fn serve(settings: Settings, roles: Vec<Role>) -> anyhow::Result<()> {
 
 /// `orderly migrate`.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    postgres::migrate(settings, 1)
+    let pool = postgres::pool(settings, 1).context("ORDERLY_DATABASE_URL")?;
+    postgres::migrate(&settings.database_url, &pool)
         .await
         .context("migrating Postgres")?;
     println!("migrations applied");

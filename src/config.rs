@@ -11,6 +11,10 @@ use thiserror::Error;
 /// Documented in the README; never used outside dev mode.
 pub const DEV_ADMIN_TOKEN: &str = "orderly-dev-admin-token";
 
+/// Admin tokens that appear in orderly's files (the dev token; the compose file's old default):
+/// anyone could use them, so outside dev mode they are refused.
+const PUBLISHED_TOKENS: [&str; 2] = [DEV_ADMIN_TOKEN, "change-me-before-production"];
+
 /// Everything the process needs to know about where it runs.
 #[derive(Clone)]
 pub struct Settings {
@@ -52,6 +56,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Pending orders at which checkout answers `503` (admission control); 0 turns it off.
     pub max_pending_orders: i64,
+    /// One customer's pending orders at which its checkouts answer `429`; 0 turns it off.
+    pub max_pending_per_customer: i64,
 }
 
 impl std::fmt::Debug for Settings {
@@ -89,6 +95,8 @@ pub enum SettingsError {
     MissingAdminToken,
     #[error("ORDERLY_ADMIN_TOKEN must be at least 16 characters")]
     WeakAdminToken,
+    #[error("ORDERLY_ADMIN_TOKEN is a token published in orderly's own files; choose your own")]
+    PublishedAdminToken,
 }
 
 impl Settings {
@@ -111,6 +119,9 @@ impl Settings {
         let dev_mode = parse::<bool>(vars, "ORDERLY_DEV_MODE", false)?;
         let admin_token = match vars.get("ORDERLY_ADMIN_TOKEN").filter(|v| !v.is_empty()) {
             Some(token) if token.len() < 16 => return Err(SettingsError::WeakAdminToken),
+            Some(token) if !dev_mode && PUBLISHED_TOKENS.contains(&token.as_str()) => {
+                return Err(SettingsError::PublishedAdminToken);
+            }
             Some(token) => token.clone(),
             None if dev_mode => DEV_ADMIN_TOKEN.to_owned(),
             None => return Err(SettingsError::MissingAdminToken),
@@ -174,6 +185,9 @@ impl Settings {
             )?),
             shutdown_grace: Duration::from_secs(parse(vars, "ORDERLY_SHUTDOWN_GRACE_SECS", 30)?),
             max_pending_orders: parse(vars, "ORDERLY_MAX_PENDING_ORDERS", 250)?,
+            // A shopper waits for one checkout or a few; twenty at once is a script, and past
+            // it one token could hold the global bound and refuse everyone else.
+            max_pending_per_customer: parse(vars, "ORDERLY_MAX_PENDING_PER_CUSTOMER", 20)?,
         })
     }
 }
@@ -241,6 +255,21 @@ mod tests {
         let s = Settings::from_vars(&vars(&[("ORDERLY_DEV_MODE", "true")])).unwrap();
         assert_eq!(s.admin_token, DEV_ADMIN_TOKEN);
         assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn refuses_a_published_token_outside_dev_mode() {
+        for token in PUBLISHED_TOKENS {
+            assert!(matches!(
+                Settings::from_vars(&vars(&[("ORDERLY_ADMIN_TOKEN", token)])),
+                Err(SettingsError::PublishedAdminToken)
+            ));
+        }
+        let dev = [
+            ("ORDERLY_ADMIN_TOKEN", DEV_ADMIN_TOKEN),
+            ("ORDERLY_DEV_MODE", "true"),
+        ];
+        assert!(Settings::from_vars(&vars(&dev)).is_ok());
     }
 
     #[test]

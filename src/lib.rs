@@ -6,6 +6,7 @@
 //! - [`http`]: the axum edge; errors become `problem+json` there.
 //! - [`messaging`]: RabbitMQ envelope, topology, confirming publisher, shared consumer loop.
 //! - [`roles`]: the worker roles (relay, orchestrator, inventory, payments, history).
+//! - [`readiness`]: which stores a process can use yet, and setting them up in the background.
 //! - [`app`]: wiring, background tasks and graceful shutdown.
 
 pub mod app;
@@ -14,6 +15,7 @@ pub mod domain;
 pub mod http;
 pub mod messaging;
 pub mod metrics;
+pub mod readiness;
 pub mod roles;
 pub mod seed;
 pub mod services;

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub stale_replies: Counter,
     /// Checkouts refused by admission control while too many orders were pending.
     pub checkouts_refused: Counter,
+    /// Checkouts refused because their customer had too many orders pending.
+    pub checkouts_rate_limited: Counter,
     /// MongoDB rating aggregations: reads the rating cache missed, and new reviews.
     pub rating_aggregations: Counter,
     /// Orders pending as admission control last read them (API processes only).
@@ -121,6 +123,12 @@ impl Default for Metrics {
             "Checkouts answered 503 because too many orders were pending",
             checkouts_refused.clone(),
         );
+        let checkouts_rate_limited = Counter::default();
+        registry.register(
+            "checkouts_rate_limited",
+            "Checkouts answered 429 because their customer had too many orders pending",
+            checkouts_rate_limited.clone(),
+        );
         let rating_aggregations = Counter::default();
         registry.register(
             "rating_aggregations",
@@ -174,6 +182,7 @@ impl Default for Metrics {
             step_retries,
             stale_replies,
             checkouts_refused,
+            checkouts_rate_limited,
             rating_aggregations,
             orders_pending,
             outbox_backlog,

@@ -54,9 +54,18 @@ struct Created {
 
 impl Api {
     pub fn new(base: &str, max_connections: usize) -> anyhow::Result<Self> {
+        Self::with_timeout(base, max_connections, Duration::from_secs(60))
+    }
+
+    /// A client that gives up on an answer after `timeout` (a lost answer, to a retrying client).
+    pub fn with_timeout(
+        base: &str,
+        max_connections: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(max_connections)
-            .timeout(Duration::from_secs(60))
+            .timeout(timeout)
             .build()?;
         Ok(Self {
             http,

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::scenario::{self, SharedLoad};
+use crate::scenario;
 
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(tag = "model", rename_all = "snake_case")]
@@ -49,15 +49,24 @@ impl Model {
     }
 }
 
-/// Runs the load until `until`, then lets the iterations in flight finish (at most `drain`).
-/// Returns how many iterations were started.
-pub async fn drive(
-    load: SharedLoad,
+/// What driving the load did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Driven {
+    /// Iterations finished (closed model) or started (open model).
+    pub iterations: u64,
+    /// Iterations still running when the drain ran out, and dropped.
+    pub abandoned: usize,
+}
+
+/// Runs the load until `until`, then lets the iterations in flight finish, until `drain` after
+/// `until` at the latest.
+pub async fn drive<L: Iteration>(
+    load: Arc<L>,
     model: Model,
     until: Instant,
     drain: Duration,
     seed: u64,
-) -> u64 {
+) -> Driven {
     let mut tasks = JoinSet::new();
     let mut started = 0u64;
     match model {
@@ -68,7 +77,7 @@ pub async fn drive(
                 tasks.spawn(async move {
                     let mut iterations = 0u64;
                     while Instant::now() < until {
-                        iterate(&load, &mut rng, Instant::now()).await;
+                        load.run(&mut rng, Instant::now()).await;
                         iterations += 1;
                     }
                     iterations
@@ -93,7 +102,7 @@ pub async fn drive(
                 let mut rng = StdRng::seed_from_u64(seed.wrapping_add(started));
                 tasks.spawn(async move {
                     let _permit = permits.acquire_owned().await;
-                    iterate(&load, &mut rng, intended).await;
+                    load.run(&mut rng, intended).await;
                     1
                 });
                 started += 1;
@@ -104,21 +113,77 @@ pub async fn drive(
             }
         }
     }
-    let drained = tokio::time::timeout(drain, async {
-        let mut iterations = 0;
+    // The drain is measured from `until`, not from now: in the closed model this point comes
+    // right after the users start, and a drain timed from here cut every run at its length.
+    let mut finished = 0;
+    let _ = tokio::time::timeout_at((until + drain).into(), async {
         while let Some(done) = tasks.join_next().await {
-            iterations += done.unwrap_or(0);
+            finished += done.unwrap_or(0);
         }
-        iterations
     })
     .await;
-    match (model, drained) {
-        (Model::Closed { .. }, Ok(iterations)) => iterations,
-        (Model::Closed { .. }, Err(_)) => 0,
-        (Model::Open { .. }, _) => started,
+    Driven {
+        iterations: match model {
+            Model::Closed { .. } => finished,
+            Model::Open { .. } => started,
+        },
+        abandoned: tasks.len(),
     }
 }
 
-async fn iterate(load: &scenario::Load, rng: &mut StdRng, intended: Instant) {
-    scenario::iterate(&load.api, &load.world, &load.stats, rng, intended).await;
+/// One virtual user's turn; what the load models repeat.
+pub trait Iteration: Send + Sync + 'static {
+    fn run<'a>(
+        &'a self,
+        rng: &'a mut StdRng,
+        intended: Instant,
+    ) -> impl Future<Output = ()> + Send + 'a;
+}
+
+impl Iteration for scenario::Load {
+    fn run<'a>(
+        &'a self,
+        rng: &'a mut StdRng,
+        intended: Instant,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        scenario::iterate(&self.api, &self.world, &self.stats, rng, intended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// An iteration that takes 10 ms and counts when the last one started.
+    #[derive(Default)]
+    struct Nap {
+        last_start: std::sync::Mutex<Option<Instant>>,
+        runs: AtomicU64,
+    }
+
+    impl Iteration for Nap {
+        async fn run(&self, _: &mut StdRng, _: Instant) {
+            *self.last_start.lock().unwrap() = Some(Instant::now());
+            self.runs.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_closed_model_runs_until_the_end_however_short_the_drain() {
+        let nap = Arc::new(Nap::default());
+        let start = Instant::now();
+        let until = start + Duration::from_millis(400);
+        let model = Model::Closed { users: 2 };
+        let driven = drive(nap.clone(), model, until, Duration::from_millis(100), 1).await;
+        assert_eq!(driven.abandoned, 0);
+        assert_eq!(driven.iterations, nap.runs.load(Ordering::Relaxed));
+        let last = nap.last_start.lock().unwrap().unwrap();
+        assert!(
+            last + Duration::from_millis(50) >= until,
+            "the load stopped early"
+        );
+    }
 }

@@ -6,9 +6,11 @@
 //! the commands and the latest numbers.
 
 pub mod baseline;
+pub mod chaos;
 pub mod client;
 pub mod cpu;
 pub mod driver;
+pub mod proxy;
 pub mod report;
 pub mod run;
 pub mod scale;

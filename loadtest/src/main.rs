@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use orderly_loadtest::chaos::{ChaosConfig, FaultMode};
 use orderly_loadtest::driver::Model;
 use orderly_loadtest::report::Report;
 use orderly_loadtest::run::{RunConfig, run};
@@ -13,7 +14,8 @@ use orderly_loadtest::scenario::Scenario;
 use orderly_loadtest::system::{Layout, StoreUrls};
 
 /// Concurrent load against orderly, then a verification of every invariant. Exits 1 when an
-/// invariant is violated, 2 when the run itself could not be done.
+/// invariant is violated or the load did not cover the measured window, 2 when the run itself
+/// could not be done.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -31,6 +33,10 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         workers: usize,
     },
+    /// `orderly api` and worker processes under retrying clients while a seeded schedule of
+    /// faults hits them (kill -9, broker stopped, MongoDB frozen, Postgres restarted); then
+    /// every invariant and the clients' contract is verified.
+    Chaos(ChaosArgs),
     /// The same scenario against 1, 2, 4… worker processes (API apart), tabulated.
     Scale {
         #[command(flatten)]
@@ -39,6 +45,80 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
         workers: Vec<usize>,
     },
+}
+
+#[derive(Args)]
+struct ChaosArgs {
+    /// `orderly worker` processes beside `orderly api`.
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    /// Concurrent retrying clients.
+    #[arg(long, default_value_t = 24)]
+    users: usize,
+    /// Seconds of load, during which the faults come.
+    #[arg(long, default_value_t = 90.0)]
+    duration: f64,
+    /// Seeds the fault schedule and the clients.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// `services`: stop and freeze the real servers (only on a machine nobody else uses);
+    /// `proxy`: break the links through proxies of the run's own.
+    #[arg(long, value_enum, default_value = "services")]
+    faults: FaultMode,
+    /// Seconds a fault lasts at most.
+    #[arg(long, default_value_t = 12.0)]
+    fault_secs: f64,
+    /// Where the report goes.
+    #[arg(long, default_value = "loadtest/results/chaos")]
+    out: PathBuf,
+    /// Keep the run's database, keys and queues instead of removing them.
+    #[arg(long)]
+    keep: bool,
+    /// The orderly binary (default: `orderly` beside this one).
+    #[arg(long)]
+    orderly_bin: Option<PathBuf>,
+}
+
+impl ChaosArgs {
+    fn config(self) -> anyhow::Result<ChaosConfig> {
+        Ok(ChaosConfig {
+            workers: self.workers.max(1),
+            users: self.users.max(1),
+            duration: Duration::from_secs_f64(self.duration.max(10.0)),
+            seed: self.seed,
+            mode: self.faults,
+            fault_length: Duration::from_secs_f64(self.fault_secs.max(1.0)),
+            binary: orderly_binary(self.orderly_bin)?,
+            urls: StoreUrls::from_env(),
+            out_dir: self.out,
+            settings: Vec::new(),
+            keep: self.keep,
+            command: command_line(),
+        })
+    }
+}
+
+/// The orderly binary to run: the one given, or the one beside this program.
+fn orderly_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let binary = match given {
+        Some(path) => path,
+        None => std::env::current_exe()?.with_file_name("orderly"),
+    };
+    anyhow::ensure!(
+        binary.exists(),
+        "no orderly binary at {} (build it, or pass --orderly-bin)",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+/// This program's command line, quoted in reports.
+fn command_line() -> String {
+    std::env::args()
+        .enumerate()
+        .map(|(i, a)| if i == 0 { "orderly-loadtest".into() } else { a })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[derive(Args)]
@@ -118,15 +198,7 @@ impl LoadArgs {
                 users: self.users.unwrap_or(64).max(1),
             },
         };
-        let binary = match &self.orderly_bin {
-            Some(path) => path.clone(),
-            None => std::env::current_exe()?.with_file_name("orderly"),
-        };
-        anyhow::ensure!(
-            binary.exists(),
-            "no orderly binary at {} (build it, or pass --orderly-bin)",
-            binary.display()
-        );
+        let binary = orderly_binary(self.orderly_bin.clone())?;
         Ok(RunConfig {
             scenario: self.scenario,
             shape,
@@ -149,11 +221,7 @@ impl LoadArgs {
             }),
             baseline_secs: self.baseline_secs.max(0.0),
             keep: self.keep,
-            command: std::env::args()
-                .enumerate()
-                .map(|(i, a)| if i == 0 { "orderly-loadtest".into() } else { a })
-                .collect::<Vec<_>>()
-                .join(" "),
+            command: command_line(),
         })
     }
 }
@@ -168,14 +236,23 @@ fn verdict(report: &Report, out: &std::path::Path) -> bool {
             eprintln!("    {example}");
         }
     }
-    eprintln!(
-        "{}: {:.1} sagas completed/s, {:.0} requests/s; report in {}",
-        report.scenario,
-        report.throughput.sagas_completed_per_s,
-        report.throughput.requests_per_s,
-        out.display()
-    );
-    report.passed()
+    match &report.throughput {
+        Some(t) => eprintln!(
+            "{}: {:.1} sagas completed/s, {:.0} requests/s; report in {}",
+            report.scenario,
+            t.sagas_completed_per_s,
+            t.requests_per_s,
+            out.display()
+        ),
+        None => eprintln!(
+            "{}: NO THROUGHPUT: the load covered only {:.1} of {} s; report in {}",
+            report.scenario,
+            report.load_covered_s,
+            report.duration_s,
+            out.display()
+        ),
+    }
+    report.passed() && report.throughput.is_some()
 }
 
 #[tokio::main]
@@ -196,6 +273,35 @@ async fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Command::Chaos(args) => match args.config() {
+            Ok(config) => {
+                let out = config.out_dir.clone();
+                orderly_loadtest::chaos::chaos(config).await.map(|report| {
+                    for check in report.verification.violations() {
+                        eprintln!(
+                            "VIOLATION {}: {} ({} of {})",
+                            check.name, check.invariant, check.violations, check.checked
+                        );
+                        for example in &check.examples {
+                            eprintln!("    {example}");
+                        }
+                    }
+                    eprintln!(
+                        "chaos: {} faults, {} orders accepted, {}; report in {}",
+                        report.faults.len(),
+                        report.clients.accepted,
+                        if report.passed() {
+                            "every check passed"
+                        } else {
+                            "FAILED"
+                        },
+                        out.display()
+                    );
+                    report.passed()
+                })
+            }
+            Err(e) => Err(e),
+        },
         Command::Scale { load, workers } => match load.config(Layout::Single, "-scale") {
             Ok(config) => scale(&config, &workers).await.map(|steps| {
                 println!("{}", orderly_loadtest::scale::markdown(&steps));

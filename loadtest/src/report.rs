@@ -79,7 +79,13 @@ pub struct Report {
     pub seed: u64,
     pub shape: Shape,
     pub iterations: u64,
-    pub throughput: Throughput,
+    /// Iterations still running when the drain after the window ran out, and dropped.
+    pub abandoned_iterations: usize,
+    /// Seconds of the measured window during which the load was applied.
+    pub load_covered_s: f64,
+    /// `None` when the load did not cover the whole measured window: a rate over a window it
+    /// left partly idle would understate what the system does.
+    pub throughput: Option<Throughput>,
     /// Final states of every order placed in the run, from Postgres (`status` or `status/reason`).
     pub outcomes: BTreeMap<String, u64>,
     /// Checkout saga durations by Postgres clocks (`finished_at − started_at`), measured window.
@@ -145,18 +151,39 @@ impl Report {
             s.product_pages * 100.0
         );
 
-        let t = &self.throughput;
         let _ = writeln!(md, "## Throughput (measured window)\n");
-        let _ = writeln!(
-            md,
-            "| requests/s | orders accepted/s | sagas completed/s | sagas completed |"
-        );
-        let _ = writeln!(md, "|---:|---:|---:|---:|");
-        let _ = writeln!(
-            md,
-            "| {:.0} | {:.1} | {:.1} | {} |\n",
-            t.requests_per_s, t.orders_accepted_per_s, t.sagas_completed_per_s, t.sagas_completed
-        );
+        match &self.throughput {
+            Some(t) => {
+                let _ = writeln!(
+                    md,
+                    "| requests/s | orders accepted/s | sagas completed/s | sagas completed |"
+                );
+                let _ = writeln!(md, "|---:|---:|---:|---:|");
+                let _ = writeln!(
+                    md,
+                    "| {:.0} | {:.1} | {:.1} | {} |\n",
+                    t.requests_per_s,
+                    t.orders_accepted_per_s,
+                    t.sagas_completed_per_s,
+                    t.sagas_completed
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    md,
+                    "**Not reported**: the load covered only {:.1} s of the {} s window, so no \
+                     rate over the window would be true.\n",
+                    self.load_covered_s, self.duration_s
+                );
+            }
+        }
+        if self.abandoned_iterations > 0 {
+            let _ = writeln!(
+                md,
+                "{} iterations were still running when the drain after the window ran out.\n",
+                self.abandoned_iterations
+            );
+        }
 
         let open = matches!(self.load, Model::Open { .. });
         let _ = writeln!(

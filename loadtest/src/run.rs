@@ -78,6 +78,7 @@ async fn run_in(config: &RunConfig, namespace: &Namespace) -> anyhow::Result<Rep
         config.urls.clone(),
         config.layout,
         &config.out_dir.join("logs"),
+        &[],
     )
     .await?;
     let result = load_and_verify(config, &mut system).await;
@@ -139,7 +140,7 @@ async fn load_and_verify(config: &RunConfig, system: &mut System) -> anyhow::Res
         tokio::time::sleep_until(until.into()).await;
         cpu::sample(&pids).since(&before)
     });
-    let iterations = driver::drive(load.clone(), config.model, until, DRAIN, config.seed).await;
+    let driven = driver::drive(load.clone(), config.model, until, DRAIN, config.seed).await;
     let cpu_seconds = cpu_window.await?;
     system.check_alive()?;
 
@@ -160,6 +161,10 @@ async fn load_and_verify(config: &RunConfig, system: &mut System) -> anyhow::Res
             .unwrap_or(0);
     }
     let seconds = config.duration.as_secs_f64();
+    let covered = coverage(
+        config,
+        load.stats.lock().expect("stats lock").load_reached(),
+    );
     let sagas_completed = completed_between(&stores.pg, window).await?;
     let in_window = |endpoint: Option<&str>, status: Option<&str>| -> u64 {
         measured
@@ -171,14 +176,15 @@ async fn load_and_verify(config: &RunConfig, system: &mut System) -> anyhow::Res
             .map(|(_, n)| n)
             .sum()
     };
-    let throughput = Throughput {
+    // A rate over a window the load did not fill would be a smaller number for a lighter load.
+    let throughput = (covered >= seconds).then(|| Throughput {
         requests_per_s: in_window(None, None) as f64 / seconds,
         orders_accepted_per_s: in_window(Some(crate::stats::POST_ORDERS), Some("202")) as f64
             / seconds,
         sagas_completed_per_s: sagas_completed as f64 / seconds,
         sagas_completed,
-    };
-    let cpu = cpu_report(cpu_seconds, sagas_completed);
+    });
+    let cpu = cpu_report(cpu_seconds, throughput.as_ref().map(|t| t.sagas_completed));
 
     Ok(Report {
         scenario: config.scenario.name().to_owned(),
@@ -191,7 +197,9 @@ async fn load_and_verify(config: &RunConfig, system: &mut System) -> anyhow::Res
         duration_s: seconds,
         seed: config.seed,
         shape: config.shape.clone(),
-        iterations,
+        iterations: driven.iterations,
+        abandoned_iterations: driven.abandoned,
+        load_covered_s: covered,
         throughput,
         outcomes: outcomes(&stores.pg).await?,
         saga_duration_server: server_saga_duration(&stores.pg, window).await?,
@@ -202,10 +210,28 @@ async fn load_and_verify(config: &RunConfig, system: &mut System) -> anyhow::Res
     })
 }
 
-fn cpu_report(seconds: CpuTimes, sagas: u64) -> CpuReport {
+/// Seconds of the measured window the load covered: all of it once requests were still being
+/// sent in its last moments (allowing one gap between arrivals in the open model), else up to
+/// the last request sent.
+fn coverage(config: &RunConfig, reached: Duration) -> f64 {
+    let window = config.duration.as_secs_f64();
+    let slack = match config.model {
+        Model::Open { rate, .. } => (2.0 / rate).max(1.0),
+        Model::Closed { .. } => 1.0,
+    };
+    let reached = reached.as_secs_f64();
+    if reached + slack >= window {
+        window
+    } else {
+        reached
+    }
+}
+
+/// CPU per completed saga, when the sagas of the window are known (the load covered it).
+fn cpu_report(seconds: CpuTimes, sagas: Option<u64>) -> CpuReport {
     let total = seconds.system_total();
     CpuReport {
-        per_saga_ms: (sagas > 0).then(|| total * 1000.0 / sagas as f64),
+        per_saga_ms: sagas.filter(|&n| n > 0).map(|n| total * 1000.0 / n as f64),
         seconds,
     }
 }

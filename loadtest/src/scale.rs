@@ -29,14 +29,22 @@ pub async fn scale(config: &RunConfig, workers: &[usize]) -> anyhow::Result<Vec<
         eprintln!("==> {} with {n} worker process(es)", config.scenario.name());
         let report = run(step).await?.report;
         eprintln!(
-            "    {:.1} sagas/s, verification {}",
-            report.throughput.sagas_completed_per_s,
+            "    {} sagas/s, verification {}",
+            sagas_per_s(&report),
             if report.passed() { "passed" } else { "FAILED" }
         );
         steps.push(Step { workers: n, report });
     }
     write(&config.out_dir, &steps)?;
     Ok(steps)
+}
+
+/// Completed sagas per second, or why there is no such figure.
+fn sagas_per_s(report: &Report) -> String {
+    report.throughput.as_ref().map_or_else(
+        || format!("– (load covered {:.1} s)", report.load_covered_s),
+        |t| format!("{:.1}", t.sagas_completed_per_s),
+    )
 }
 
 fn write(dir: &Path, steps: &[Step]) -> anyhow::Result<()> {
@@ -84,12 +92,15 @@ pub fn markdown(steps: &[Step]) -> String {
             .cpu
             .per_saga_ms
             .map_or_else(|| "–".into(), |ms| format!("{ms:.2}"));
+        let accepted = r
+            .throughput
+            .as_ref()
+            .map_or_else(|| "–".into(), |t| format!("{:.1}", t.orders_accepted_per_s));
         let _ = writeln!(
             md,
-            "| {} | {:.1} | {:.1} | {post} | {:.1} / {:.1} | {cpu} | {} |",
+            "| {} | {} | {accepted} | {post} | {:.1} / {:.1} | {cpu} | {} |",
             step.workers,
-            r.throughput.sagas_completed_per_s,
-            r.throughput.orders_accepted_per_s,
+            sagas_per_s(r),
             saga.p50_ms,
             saga.p99_ms,
             if r.passed() { "✅" } else { "❌" }

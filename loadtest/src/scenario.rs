@@ -1,7 +1,6 @@
 //! The scenarios: what the catalog and the buyers look like, and what one virtual user does in
 //! one iteration.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -342,5 +341,3 @@ pub struct Load {
     pub world: World,
     pub stats: std::sync::Mutex<Stats>,
 }
-
-pub type SharedLoad = Arc<Load>;

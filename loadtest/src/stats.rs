@@ -55,6 +55,8 @@ pub struct Stats {
     saga: Histogram<u64>,
     settled: BTreeMap<String, u64>,
     timeline: Vec<Second>,
+    /// When the latest request was sent: how far into the run the load reached.
+    last_sent: Option<Instant>,
 }
 
 impl Stats {
@@ -66,6 +68,7 @@ impl Stats {
             saga: histogram(),
             settled: BTreeMap::new(),
             timeline: Vec::new(),
+            last_sent: None,
         }
     }
 
@@ -88,6 +91,7 @@ impl Stats {
         done: Instant,
     ) {
         let latency = done.saturating_duration_since(intended);
+        self.last_sent = self.last_sent.max(Some(sent));
         let failed = status.is_none_or(|s| s >= 500);
         let second = self.second(done);
         second.requests += 1;
@@ -129,6 +133,13 @@ impl Stats {
         }
         self.saga.saturating_record(took);
         *self.settled.entry(outcome.to_owned()).or_default() += 1;
+    }
+
+    /// How long after the measured window opened the last request was sent (zero if none was).
+    pub fn load_reached(&self) -> Duration {
+        self.last_sent.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(self.measure_from)
+        })
     }
 
     pub fn summary(&self) -> Summary {

@@ -184,18 +184,32 @@ pub struct System {
     pub urls: StoreUrls,
     pub admin_token: String,
     pub base_url: String,
-    processes: Vec<(String, Child)>,
+    binary: PathBuf,
+    port: u16,
+    /// Settings every process gets on top of the namespace's.
+    settings: Vec<(String, String)>,
+    processes: Vec<Running>,
     log_dir: PathBuf,
+}
+
+/// One orderly process: its name (`api`, `worker-1`, …), how it was started, and it.
+struct Running {
+    name: String,
+    args: Vec<String>,
+    child: Child,
 }
 
 impl System {
     /// Migrates a fresh database and starts the processes, ready to serve when this returns.
+    /// The processes reach the stores at `urls`, which may be proxies in front of them, with
+    /// `settings` (`ORDERLY_*` pairs) on top of the namespace's.
     pub async fn start(
         binary: &Path,
         namespace: Namespace,
         urls: StoreUrls,
         layout: Layout,
         log_dir: &Path,
+        settings: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(log_dir)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -204,11 +218,17 @@ impl System {
             base_url: format!("http://127.0.0.1:{port}"),
             namespace,
             urls,
+            binary: binary.to_owned(),
+            port,
+            settings: settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             processes: Vec::new(),
             log_dir: log_dir.to_owned(),
         };
         let migrate = system
-            .command(binary, "migrate", &["migrate"], port)?
+            .command("migrate", &["migrate"], false)?
             .status()
             .await?;
         if !migrate.success() {
@@ -218,11 +238,11 @@ impl System {
             );
         }
         match layout {
-            Layout::Single => system.spawn(binary, "run", &["run"], port)?,
+            Layout::Single => system.spawn("run", &["run"])?,
             Layout::Split { workers } => {
-                system.spawn(binary, "api", &["api"], port)?;
+                system.spawn("api", &["api"])?;
                 for i in 1..=workers {
-                    system.spawn(binary, &format!("worker-{i}"), &["worker"], port)?;
+                    system.spawn(&format!("worker-{i}"), &["worker"])?;
                 }
             }
         }
@@ -230,46 +250,90 @@ impl System {
         Ok(system)
     }
 
-    fn command(
-        &self,
-        binary: &Path,
-        name: &str,
-        args: &[&str],
-        port: u16,
-    ) -> anyhow::Result<Command> {
-        let log = std::fs::File::create(self.log_dir.join(format!("{name}.log")))?;
-        let mut command = Command::new(binary);
+    /// The command for one process; `append` keeps the log of an earlier run of it.
+    fn command(&self, name: &str, args: &[&str], append: bool) -> anyhow::Result<Command> {
+        let path = self.log_dir.join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(path)?;
+        let mut command = Command::new(&self.binary);
         command
             .args(args)
             .envs(self.namespace.env(&self.urls))
-            .env("ORDERLY_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("ORDERLY_HTTP_ADDR", format!("127.0.0.1:{}", self.port))
             .env("ORDERLY_ADMIN_TOKEN", &self.admin_token)
             .env("ORDERLY_DEV_MODE", "false")
             .env(
                 "ORDERLY_LOG",
                 std::env::var("ORDERLY_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(self.settings.iter().cloned())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // orderly logs to stdout; a crash's message goes to stderr.
+            .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
         Ok(command)
     }
 
-    fn spawn(&mut self, binary: &Path, name: &str, args: &[&str], port: u16) -> anyhow::Result<()> {
+    fn spawn(&mut self, name: &str, args: &[&str]) -> anyhow::Result<()> {
         let child = self
-            .command(binary, name, args, port)?
+            .command(name, args, false)?
             .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        self.processes.push((name.to_owned(), child));
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        self.processes.push(Running {
+            name: name.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            child,
+        });
         Ok(())
+    }
+
+    /// The names of the processes, in start order (`api` first in a split layout).
+    pub fn names(&self) -> Vec<String> {
+        self.processes.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// SIGKILL to the named process: it dies at once, mid-whatever it was doing.
+    pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let process = self.process(name)?;
+        process.child.kill().await?;
+        Ok(())
+    }
+
+    /// Starts the named process again, as it was started first, if it is not running.
+    pub fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let args = {
+            let process = self.process(name)?;
+            if process.child.try_wait()?.is_none() {
+                return Ok(());
+            }
+            process.args.clone()
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = self
+            .command(name, &args, true)?
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        self.process(name)?.child = child;
+        Ok(())
+    }
+
+    fn process(&mut self, name: &str) -> anyhow::Result<&mut Running> {
+        self.processes
+            .iter_mut()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no process named {name}"))
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let api = Api::new(&self.base_url, 1)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            for (name, child) in &mut self.processes {
+            for Running { name, child, .. } in &mut self.processes {
                 if let Some(status) = child.try_wait()? {
                     bail!(
                         "orderly {name} exited during start-up ({status}); see {}",
@@ -286,12 +350,12 @@ impl System {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        self.processes.iter().filter_map(|(_, c)| c.id()).collect()
+        self.processes.iter().filter_map(|p| p.child.id()).collect()
     }
 
     /// Fails if a process has died: a run that lost a process measured something else.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        for (name, child) in &mut self.processes {
+        for Running { name, child, .. } in &mut self.processes {
             if let Some(status) = child.try_wait()? {
                 bail!("orderly {name} exited during the run ({status})");
             }
@@ -302,7 +366,7 @@ impl System {
     /// SIGTERM to every process, then waits for each to drain (SIGKILL after 30 s).
     pub async fn stop(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
-        for (_, child) in &self.processes {
+        for Running { child, .. } in &self.processes {
             if let Some(pid) = child.id() {
                 let _ = Command::new("kill")
                     .args(["-TERM", &pid.to_string()])
@@ -310,7 +374,10 @@ impl System {
                     .await;
             }
         }
-        for (name, mut child) in self.processes.drain(..) {
+        for Running {
+            name, mut child, ..
+        } in self.processes.drain(..)
+        {
             match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
                 Ok(Ok(status)) if status.success() => {}
                 Ok(Ok(status)) => problems.push(format!("orderly {name} exited with {status}")),

@@ -51,7 +51,7 @@ impl Check {
         }
     }
 
-    fn expect(&mut self, holds: bool, example: impl FnOnce() -> String) {
+    pub fn expect(&mut self, holds: bool, example: impl FnOnce() -> String) {
         self.checked += 1;
         if !holds {
             self.violate(example);
@@ -168,6 +168,7 @@ pub async fn verify(
         money_is_conserved(stores).await?,
         payments_agree(stores).await?,
         history_is_complete(stores, &orders).await?,
+        a_recorded_cancel_wins(stores).await?,
         nothing_is_lost(stores).await?,
     ];
     if let Some((api, admin)) = api {
@@ -399,6 +400,25 @@ async fn history_is_complete(
     }
     for id in events.keys() {
         check.violate(|| format!("history for order {id}, unknown to Postgres"));
+    }
+    Ok(check)
+}
+
+async fn a_recorded_cancel_wins(stores: &Stores) -> anyhow::Result<Check> {
+    let mut check = Check::new(
+        "a_recorded_cancel_wins",
+        "every order whose cancel was recorded ends cancelled/cancelled_by_customer",
+    );
+    let rows: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, status, reason FROM orders WHERE cancel_requested_at IS NOT NULL",
+    )
+    .fetch_all(&stores.pg)
+    .await?;
+    for (id, status, reason) in rows {
+        check.expect(
+            status == "cancelled" && reason.as_deref() == Some("cancelled_by_customer"),
+            || format!("order {id} had its cancel recorded but ended {status}/{reason:?}"),
+        );
     }
     Ok(check)
 }

@@ -44,20 +44,23 @@ pub enum Expected {
     /// No stock command was ever sent: no record.
     Absent,
     Settled(Record),
-    /// A stock command is in flight, so its effect may or may not have landed: either record is
-    /// right. A rebuild writes `rebuild_as`, the one the command's replay and any reply already
-    /// on its way both agree with.
-    Unsettled {
-        rebuild_as: Record,
-    },
+    /// A reserve sent that the script has not answered yet: whatever Redis holds is right. A
+    /// rebuild writes no record, so the command's redelivery or retry runs the script on the
+    /// rebuilt counters; no reply can be on its way, since the answer is recorded with its reply.
+    Undecided,
+    /// A release in flight: it may have run or not, so held or released are both right. A
+    /// rebuild writes released: the release replays as a no-op, and a reply already on its way
+    /// says the same.
+    Releasing,
 }
 
 impl Expected {
     /// The record a rebuild writes, if any.
     pub fn rebuilt(self) -> Option<Record> {
         match self {
-            Self::Absent => None,
-            Self::Settled(record) | Self::Unsettled { rebuild_as: record } => Some(record),
+            Self::Absent | Self::Undecided => None,
+            Self::Settled(record) => Some(record),
+            Self::Releasing => Some(Record::Released),
         }
     }
 
@@ -66,36 +69,30 @@ impl Expected {
         match self {
             Self::Absent => found.is_none(),
             Self::Settled(record) => found == Some(record),
-            // A reserve in flight may have reserved, been refused, or not run yet; a release in
-            // flight may have run or not.
-            Self::Unsettled {
-                rebuild_as: Record::Reserved,
-            } => true,
-            Self::Unsettled { .. } => {
-                matches!(found, Some(Record::Reserved | Record::Released))
-            }
+            Self::Undecided => true,
+            Self::Releasing => matches!(found, Some(Record::Reserved | Record::Released)),
         }
     }
 }
 
-/// The record an order must have, from its checkout saga's `reserve_stock` step and, once it
-/// was confirmed and then cancelled, its cancellation saga's `release_stock` step.
+/// The record an order must have, from its checkout saga's `reserve_stock` step, what
+/// `reserve.lua` answered if the inventory role recorded an answer (`decided`), and, once the
+/// order was confirmed and then cancelled, its cancellation saga's `release_stock` step.
 ///
-/// An in-flight reserve is rebuilt as reserved: if it had reserved, its `stock_reserved` reply
-/// may already be in a queue, and a rebuild that dropped the hold would let the saga confirm
-/// units Redis has given to someone else. An in-flight release is rebuilt as released: the
-/// release replays as a no-op, and a reply already on its way says the same.
-pub fn expected(reserve: StepStatus, release: Option<StepStatus>) -> Expected {
+/// A reserve the saga has not heard back from is what the script answered: its reply, if one is
+/// on its way, says the same. Rebuilding it as held regardless would keep units a refused order
+/// never took (for good, once the refusal is applied), or overcommit the product.
+pub fn expected(
+    reserve: StepStatus,
+    decided: Option<Record>,
+    release: Option<StepStatus>,
+) -> Expected {
     match (reserve, release) {
         (StepStatus::Pending | StepStatus::Skipped, _) => Expected::Absent,
-        (StepStatus::Running, _) => Expected::Unsettled {
-            rebuild_as: Record::Reserved,
-        },
+        (StepStatus::Running, _) => decided.map_or(Expected::Undecided, Expected::Settled),
         (StepStatus::Failed, _) => Expected::Settled(Record::Rejected),
         (StepStatus::Compensating, _) | (StepStatus::Succeeded, Some(StepStatus::Running)) => {
-            Expected::Unsettled {
-                rebuild_as: Record::Released,
-            }
+            Expected::Releasing
         }
         (StepStatus::Compensated, _) | (StepStatus::Succeeded, Some(StepStatus::Succeeded)) => {
             Expected::Settled(Record::Released)
@@ -162,28 +159,38 @@ mod tests {
     #[test]
     fn a_confirmed_order_holds_its_units_until_its_cancellation_releases_them() {
         use StepStatus::*;
+        let reserved = Some(Record::Reserved);
         assert_eq!(
-            expected(Succeeded, None),
+            expected(Succeeded, reserved, None),
             Expected::Settled(Record::Reserved)
         );
         assert_eq!(
-            expected(Succeeded, Some(Pending)),
+            expected(Succeeded, reserved, Some(Pending)),
             Expected::Settled(Record::Reserved)
         );
         assert_eq!(
-            expected(Succeeded, Some(Running)).rebuilt(),
+            expected(Succeeded, reserved, Some(Running)).rebuilt(),
             Some(Record::Released)
         );
         assert_eq!(
-            expected(Succeeded, Some(Succeeded)),
+            expected(Succeeded, reserved, Some(Succeeded)),
             Expected::Settled(Record::Released)
         );
     }
 
     #[test]
-    fn a_reserve_in_flight_is_rebuilt_as_held_and_accepts_any_outcome() {
-        let e = expected(StepStatus::Running, None);
-        assert_eq!(e.rebuilt(), Some(Record::Reserved));
+    fn a_reserve_in_flight_is_rebuilt_as_the_script_answered() {
+        for answer in [Record::Reserved, Record::Rejected] {
+            let e = expected(StepStatus::Running, Some(answer), None);
+            assert_eq!(e.rebuilt(), Some(answer));
+            assert!(!e.accepts(None), "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn an_undecided_reserve_is_rebuilt_as_nothing_and_accepts_any_record() {
+        let e = expected(StepStatus::Running, None, None);
+        assert_eq!(e.rebuilt(), None);
         for found in [
             None,
             Some(Record::Reserved),
@@ -196,7 +203,7 @@ mod tests {
 
     #[test]
     fn a_release_in_flight_accepts_held_or_released_but_not_missing() {
-        let e = expected(StepStatus::Compensating, None);
+        let e = expected(StepStatus::Compensating, Some(Record::Reserved), None);
         assert_eq!(e.rebuilt(), Some(Record::Released));
         assert!(e.accepts(Some(Record::Reserved)));
         assert!(e.accepts(Some(Record::Released)));
@@ -233,8 +240,12 @@ mod tests {
         /// A rebuilt record is always one the rule accepts, so a check right after a rebuild
         /// finds no drift.
         #[test]
-        fn a_rebuild_agrees_with_its_own_check(r in 0..7usize, c in prop::option::of(0..7usize)) {
-            let e = expected(StepStatus::ALL[r], c.map(|c| StepStatus::ALL[c]));
+        fn a_rebuild_agrees_with_its_own_check(
+            r in 0..7usize,
+            d in prop::option::of(prop_oneof![Just(Record::Reserved), Just(Record::Rejected)]),
+            c in prop::option::of(0..7usize),
+        ) {
+            let e = expected(StepStatus::ALL[r], d, c.map(|c| StepStatus::ALL[c]));
             prop_assert!(e.accepts(e.rebuilt()));
         }
 

@@ -10,6 +10,18 @@
 //! [`Saga::apply`] takes one event and returns a [`Transition`]: the commands to send, the facts
 //! for the order's history and the order's new status, if it changed. The orchestrator stores the
 //! result under the saga's version; this module decides, it never writes.
+//!
+//! **A recorded cancel wins.** The API records a customer's cancel on the order while the order
+//! is still `pending` or `confirmed`, and only then; from that moment the order must end
+//! `cancelled/cancelled_by_customer`, whatever failure its saga meets afterwards or was already
+//! compensating. The saga is loaded with that flag ([`Saga::cancel_requested`]), so the first
+//! event that reaches it — the cancel's own message, or a reply or deadline that overtook it —
+//! takes the cancel before anything else: a running checkout stops and undoes what it did, a
+//! compensating one keeps undoing under the customer's reason, a completed one starts its
+//! cancellation saga. Interrupting always compensates the step in flight, so a checkout that took
+//! a cancel never ends `rejected`. The orchestrator writes the order under its version and the
+//! API records the cancel with a version bump, so no transition can settle the order without
+//! having seen a cancel recorded before it.
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -378,6 +390,17 @@ impl Transition {
             ..Self::default()
         }
     }
+
+    /// This transition followed by `next`, applied to the saga as this one left it.
+    fn then(mut self, next: Self) -> Self {
+        self.stale &= next.stale;
+        self.commands.extend(next.commands);
+        self.facts.extend(next.facts);
+        self.order = next.order.or(self.order);
+        self.start_cancellation |= next.start_cancellation;
+        self.retried = next.retried.or(self.retried);
+        self
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,8 +408,13 @@ pub struct Saga {
     pub kind: SagaKind,
     pub state: SagaState,
     pub steps: Vec<Step>,
-    /// Why the saga is compensating or failed.
+    /// Why the saga is compensating or failed; on a completed checkout, `cancelled_by_customer`
+    /// once its cancellation has been started.
     pub reason: Option<OrderReason>,
+    /// The customer's cancel is recorded on the order. Not a column of the saga: it is read from
+    /// the order with every load, so the saga learns of the cancel from whichever event comes
+    /// first.
+    pub cancel_requested: bool,
     /// When the step in flight is due; `None` once the saga has ended.
     pub deadline: Option<DateTime<Utc>>,
     pub started_at: DateTime<Utc>,
@@ -433,6 +461,7 @@ impl Saga {
             state: SagaState::Running,
             steps: steps.iter().copied().map(Step::new).collect(),
             reason: (kind == SagaKind::Cancellation).then_some(OrderReason::CancelledByCustomer),
+            cancel_requested: kind == SagaKind::Cancellation,
             deadline: None,
             started_at: now,
             finished_at: None,
@@ -443,11 +472,32 @@ impl Saga {
     }
 
     pub fn apply(&mut self, event: SagaEvent, now: DateTime<Utc>, policy: &Policy) -> Transition {
-        match event {
-            SagaEvent::Reply(reply) => self.on_reply(reply, now, policy),
-            SagaEvent::Cancel => self.on_cancel(now, policy),
-            SagaEvent::DeadlinePassed => self.on_deadline(now, policy),
+        if event == SagaEvent::Cancel {
+            self.cancel_requested = true;
         }
+        // A recorded cancel is taken first, by whichever event finds it not yet taken; the event
+        // itself then applies to the saga as the cancel left it.
+        let taken = if self.cancel_requested && !self.cancel_taken() {
+            self.take_cancel(now, policy)
+        } else {
+            Transition::stale()
+        };
+        let applied = match event {
+            SagaEvent::Reply(reply) => self.on_reply(reply, now, policy),
+            // Taken above, or by an event before it.
+            SagaEvent::Cancel => Transition::stale(),
+            SagaEvent::DeadlinePassed => self.on_deadline(now, policy),
+        };
+        taken.then(applied)
+    }
+
+    /// Whether nothing is left for a customer's cancel to do: a cancellation saga is the cancel,
+    /// a checkout took it once its reason says so, and an ended checkout that did not take one
+    /// was settled before any cancel was recorded (the API refuses it then).
+    fn cancel_taken(&self) -> bool {
+        self.kind == SagaKind::Cancellation
+            || self.reason == Some(OrderReason::CancelledByCustomer)
+            || matches!(self.state, SagaState::Failed | SagaState::Compensated)
     }
 
     /// The step with a command in flight, if any (there is at most one).
@@ -503,29 +553,24 @@ impl Saga {
         t
     }
 
-    fn on_cancel(&mut self, now: DateTime<Utc>, policy: &Policy) -> Transition {
-        match (self.kind, self.state) {
-            (SagaKind::Checkout, SagaState::Running) => {
-                let mut t = Transition::default();
+    /// The customer's cancel, on a checkout that has not taken it yet.
+    fn take_cancel(&mut self, now: DateTime<Utc>, policy: &Policy) -> Transition {
+        let mut t = Transition::default();
+        match self.state {
+            SagaState::Running => {
                 self.reason = Some(OrderReason::CancelledByCustomer);
                 self.interrupt(now, policy, &mut t);
-                t
             }
-            // Already undoing: nothing more to do, but the customer's cancel is what the order
-            // will be remembered for.
-            (SagaKind::Checkout, SagaState::Compensating)
-                if self.reason != Some(OrderReason::CancelledByCustomer) =>
-            {
+            // Already undoing a failure: nothing more to send, but the order ends cancelled by
+            // the customer, not by the failure.
+            SagaState::Compensating => self.reason = Some(OrderReason::CancelledByCustomer),
+            SagaState::Completed => {
                 self.reason = Some(OrderReason::CancelledByCustomer);
-                Transition::default()
+                t.start_cancellation = true;
             }
-            (SagaKind::Checkout, SagaState::Completed) => Transition {
-                start_cancellation: true,
-                ..Transition::default()
-            },
-            // Already undoing, or nothing left to undo.
-            _ => Transition::stale(),
+            SagaState::Failed | SagaState::Compensated => return Transition::stale(),
         }
+        t
     }
 
     fn on_deadline(&mut self, now: DateTime<Utc>, policy: &Policy) -> Transition {

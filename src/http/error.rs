@@ -39,6 +39,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     /// Checkout refused while the saga backlog is full; retrying later is safe.
     Overloaded,
+    /// Checkout refused while the customer's own orders fill its bound; retrying later is safe.
+    RateLimited,
     Unavailable(StoreError),
     Internal(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -132,6 +134,12 @@ pub enum Problems {
         content_type = "application/problem+json"
     )]
     PreconditionRequired(Problem),
+    #[response(
+        status = 429,
+        description = "rate_limited: (checkout) this customer has too many orders pending; see Retry-After",
+        content_type = "application/problem+json"
+    )]
+    TooManyRequests(Problem),
     #[response(
         status = 500,
         description = "internal",
@@ -263,6 +271,14 @@ impl ApiError {
                 "too many orders are waiting to settle; retry shortly with the same Idempotency-Key"
                     .into(),
             ),
+            RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests",
+                "too many of your orders are waiting to settle; retry shortly with the same \
+                 Idempotency-Key"
+                    .into(),
+            ),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -289,6 +305,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::IdempotencyKeyReused => Self::IdempotencyKeyReused,
             ServiceError::InsufficientStock { available } => Self::InsufficientStock { available },
             ServiceError::Overloaded => Self::Overloaded,
+            ServiceError::RateLimited => Self::RateLimited,
             ServiceError::Invalid(errors) => Self::unprocessable(errors),
             ServiceError::Store(e @ StoreError::Unavailable { .. }) => Self::Unavailable(e),
             ServiceError::Store(e) => Self::Internal(Box::new(e)),
@@ -338,7 +355,7 @@ impl IntoResponse for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::{
     metrics::Metrics,
+    readiness::{NotSetUp, Readiness, Store},
     services::{Stores, catalog::Catalog, customers::Customers, orders::Orders, reviews::Reviews},
 };
 use error::ApiError;
@@ -38,9 +39,15 @@ pub struct AppState {
     pub orders: Orders,
     pub metrics: Arc<Metrics>,
     pub admin_token: Arc<str>,
+    pub readiness: Readiness,
 }
 
 pub fn router(state: AppState, body_limit: usize) -> Router {
+    let operations = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi));
     Router::new()
         .route("/customers", post(customers::create_customer))
         .route("/customers/{id}", get(customers::get_customer))
@@ -71,15 +78,29 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/orders/{id}/cancel", post(orders::cancel_order))
         .route("/orders/{id}/history", get(orders::order_history))
         .route("/sagas/{id}", get(orders::get_saga))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_tables,
+        ))
+        .merge(operations)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// `503` for a route that needs Postgres's tables before this process has set them up: the
+/// query would otherwise fail on a table that does not exist yet, as an internal error.
+async fn require_tables(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if !state.readiness.is_set_up(Store::Postgres) {
+        return Err(ApiError::Unavailable(NotSetUp(Store::Postgres).into()));
+    }
+    Ok(next.run(request).await)
 }
 
 /// One span per request (method, route, status, latency) and the matching metrics. The route is

@@ -1,6 +1,6 @@
 //! Operations: liveness, readiness of every store, metrics and the OpenAPI description.
 
-use std::{collections::BTreeMap, future::Future, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use axum::{
     Json,
@@ -12,7 +12,11 @@ use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
 use super::AppState;
-use crate::store::postgres;
+use crate::{
+    readiness::{Readiness, Store},
+    services::Stores,
+    store::{StoreError, postgres},
+};
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
@@ -29,33 +33,57 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = BTreeMap<String, String>), (status = 503, body = BTreeMap<String, String>)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let stores = &state.stores;
-    let (pg, redis, mongo, rabbit) = tokio::join!(
-        probe(postgres::ping(&stores.pg)),
-        probe(stores.stock.ping()),
-        probe(stores.docs.ping()),
-        probe(stores.broker.ping()),
-    );
-    let report: BTreeMap<&str, String> = BTreeMap::from([
-        ("postgres", pg),
-        ("redis", redis),
-        ("mongodb", mongo),
-        ("rabbitmq", rabbit),
-    ]);
-    let status = if report.values().all(|s| s == "ok") {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(report))
+    Probe {
+        stores: state.stores.clone(),
+        readiness: state.readiness.clone(),
+        which: Store::ALL.to_vec(),
+    }
+    .report()
+    .await
 }
 
-/// "ok", or "down: <reason>" when the check fails or takes over two seconds.
-async fn probe<E: std::fmt::Display>(check: impl Future<Output = Result<(), E>>) -> String {
-    match tokio::time::timeout(Duration::from_secs(2), check).await {
-        Ok(Ok(())) => "ok".to_owned(),
-        Ok(Err(e)) => format!("down: {e}"),
-        Err(_) => "down: no answer within 2s".to_owned(),
+/// What a process's `/readyz` looks at: the stores it uses.
+#[derive(Clone)]
+pub struct Probe {
+    pub stores: Stores,
+    pub readiness: Readiness,
+    pub which: Vec<Store>,
+}
+
+impl Probe {
+    /// Each store's state, checked at the same time; 503 unless all are "ok".
+    async fn report(&self) -> (StatusCode, Json<BTreeMap<&'static str, String>>) {
+        let states = futures::future::join_all(self.which.iter().map(|&s| self.state(s))).await;
+        let report: BTreeMap<&str, String> =
+            self.which.iter().map(|s| s.as_str()).zip(states).collect();
+        let status = if report.values().all(|s| s == "ok") {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (status, Json(report))
+    }
+
+    /// "ok", or "down: <why>" in words of our own: a driver's text names hosts and topology.
+    async fn state(&self, store: Store) -> String {
+        if !self.readiness.is_set_up(store) {
+            return "down: not set up yet (retrying)".to_owned();
+        }
+        let stores = &self.stores;
+        let check = async {
+            match store {
+                Store::Postgres => postgres::ping(&stores.pg).await.map_err(StoreError::from),
+                Store::Redis => stores.stock.ping().await,
+                Store::Mongodb => stores.docs.ping().await,
+                Store::Rabbitmq => stores.broker.ping().await,
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(2), check).await {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(StoreError::Unavailable { .. })) => "down: unreachable".to_owned(),
+            Ok(Err(StoreError::Failed { .. })) => "down: answers with errors".to_owned(),
+            Err(_) => "down: no answer within 2s".to_owned(),
+        }
     }
 }
 
@@ -87,9 +115,20 @@ pub async fn openapi() -> impl IntoResponse {
     Json(super::openapi::ApiDoc::openapi())
 }
 
-/// The little HTTP surface of `orderly worker`: its own metrics and liveness.
-pub fn worker_router(metrics: std::sync::Arc<crate::metrics::Metrics>) -> axum::Router {
+/// The little HTTP surface of `orderly worker`: its own metrics, liveness, and the readiness of
+/// the stores its roles use.
+pub fn worker_router(
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    probe: Probe,
+) -> axum::Router {
     axum::Router::new()
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let probe = probe.clone();
+                async move { probe.report().await }
+            }),
+        )
         .route(
             "/metrics",
             axum::routing::get(move || async move {

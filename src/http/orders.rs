@@ -201,9 +201,7 @@ fn viewer(caller: Caller) -> Viewer {
         Problems))]
 pub async fn place_order(
     State(state): State<AppState>,
-    _: Admitted,
-    CustomerCaller(customer_id): CustomerCaller,
-    RequiredIdempotencyKey(key): RequiredIdempotencyKey,
+    Admitted { customer_id, key }: Admitted,
     JsonBody(body): JsonBody<CheckoutBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let requested: Vec<RequestedLine> = body
@@ -229,17 +227,23 @@ pub async fn place_order(
     ))
 }
 
-/// Admission to a checkout, decided before anything else of the request is looked at: under
-/// overload, refusing must cost less than serving, so the refusal reads neither the token (a
-/// Postgres query) nor the body.
-pub struct Admitted;
+/// Who places the order, under which key, admitted: decided before the body is read, so under
+/// overload a refusal costs the token's lookup and the key's, and no more. A key already used
+/// is let through, for the checkout to answer with its order.
+pub struct Admitted {
+    customer_id: Uuid,
+    key: String,
+}
 
 impl FromRequestParts<AppState> for Admitted {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.orders.admit()?;
-        Ok(Self)
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let CustomerCaller(customer_id) = CustomerCaller::from_request_parts(parts, state).await?;
+        let RequiredIdempotencyKey(key) =
+            RequiredIdempotencyKey::from_request_parts(parts, state).await?;
+        state.orders.admit(customer_id, &key).await?;
+        Ok(Self { customer_id, key })
     }
 }
 

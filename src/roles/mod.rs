@@ -16,12 +16,7 @@ pub mod orchestrator;
 pub mod payments;
 pub mod relay;
 
-use std::{
-    fmt,
-    str::FromStr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{fmt, str::FromStr, sync::Arc, time::Instant};
 
 use tokio::{sync::watch, task::JoinSet};
 
@@ -35,6 +30,7 @@ use crate::{
         topology::{Queue, Topology},
     },
     metrics::Metrics,
+    readiness::{self, Backoff, Readiness, Store},
     services::Stores,
     store::postgres::outbox,
 };
@@ -56,6 +52,16 @@ impl Role {
         Self::Payments,
         Self::History,
     ];
+
+    /// The stores the role needs set up before it starts. Every role also needs RabbitMQ, but
+    /// reconnects to it on its own, so a broker that is down only delays its first message.
+    pub fn needs(self) -> &'static [Store] {
+        match self {
+            Self::Relay | Self::Orchestrator | Self::Payments => &[Store::Postgres],
+            Self::Inventory => &[Store::Postgres, Store::Redis],
+            Self::History => &[Store::Mongodb],
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -116,16 +122,36 @@ impl RoleContext {
     }
 }
 
-/// Starts `roles` as tasks that run until `shutdown` turns true, then drain and return.
+/// The stores `roles` need between them, and RabbitMQ, which every role uses: what a worker
+/// running them reports on `/readyz`.
+pub fn needs(roles: &[Role]) -> Vec<Store> {
+    let mut stores: Vec<Store> = roles.iter().flat_map(|r| r.needs()).copied().collect();
+    if !roles.is_empty() {
+        stores.push(Store::Rabbitmq);
+    }
+    stores.sort();
+    stores.dedup();
+    stores
+}
+
+/// Starts `roles` as tasks, each once the stores it needs are set up, that run until `shutdown`
+/// turns true, then drain and return.
 pub fn spawn(
     context: RoleContext,
     roles: &[Role],
+    readiness: &Readiness,
     shutdown: watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) {
     for &role in roles {
         let context = context.clone();
         let shutdown = shutdown.clone();
+        let mut tasks = RoleTasks {
+            tasks: &mut *tasks,
+            readiness,
+            needs: role.needs(),
+            shutdown: shutdown.clone(),
+        };
         match role {
             Role::Relay => {
                 tasks.spawn(relay::run(context, shutdown));
@@ -159,6 +185,25 @@ pub fn spawn(
                 tasks.spawn(consume_forever(context, Queue::History, handler, shutdown));
             }
         }
+    }
+}
+
+/// Spawns a role's tasks so that each starts once the role's stores are set up.
+struct RoleTasks<'a> {
+    tasks: &'a mut JoinSet<()>,
+    readiness: &'a Readiness,
+    needs: &'static [Store],
+    shutdown: watch::Receiver<bool>,
+}
+
+impl RoleTasks<'_> {
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(readiness::when_set_up(
+            self.readiness.clone(),
+            self.needs,
+            self.shutdown.clone(),
+            task,
+        ));
     }
 }
 
@@ -211,52 +256,4 @@ async fn consume_forever<H: Handler>(
         }
     }
     tracing::info!(queue = queue.as_str(), "consumer stopped");
-}
-
-/// Exponential backoff between reconnection attempts: 100 ms doubling to 5 s. It starts over
-/// only once a connection has stayed up for [`Backoff::HEALTHY`]: a broker that accepts the
-/// connection and then drops it at once must not be retried ten times a second.
-#[derive(Default)]
-pub(crate) struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    pub(crate) const HEALTHY: Duration = Duration::from_secs(30);
-
-    /// The delay before the next attempt, after a connection that lasted `lasted`.
-    fn next(&mut self, lasted: Duration) -> Duration {
-        if lasted >= Self::HEALTHY {
-            self.failures = 0;
-        }
-        let delay =
-            Duration::from_millis(100 * (1 << self.failures.min(6))).min(Duration::from_secs(5));
-        self.failures += 1;
-        delay
-    }
-
-    /// Sleeps for the next delay, or less if shutdown comes first.
-    pub(crate) async fn wait(&mut self, lasted: Duration, shutdown: &watch::Receiver<bool>) {
-        let delay = self.next(lasted);
-        let mut shutdown = shutdown.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.wait_for(|stop| *stop) => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_until_a_connection_stays_up() {
-        let mut backoff = Backoff::default();
-        let brief = Duration::from_millis(10);
-        let delays: Vec<u128> = (0..8).map(|_| backoff.next(brief).as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        assert_eq!(backoff.next(Backoff::HEALTHY).as_millis(), 100);
-        assert_eq!(backoff.next(brief).as_millis(), 200);
-    }
 }

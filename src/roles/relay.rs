@@ -23,7 +23,8 @@ use crate::{
     store::postgres::outbox,
 };
 
-use super::{Backoff, RoleContext};
+use super::RoleContext;
+use crate::readiness::Backoff;
 
 #[derive(Debug, Error)]
 enum RelayError {

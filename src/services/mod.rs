@@ -50,6 +50,9 @@ pub enum ServiceError {
     /// Too many orders are waiting to settle to take another now.
     #[error("too many orders are waiting to settle")]
     Overloaded,
+    /// This customer has too many orders waiting to settle to place another now.
+    #[error("too many of this customer's orders are waiting to settle")]
+    RateLimited,
     #[error("only {available} units are available")]
     InsufficientStock { available: i64 },
     /// Input that is well-formed but breaks a rule (a limit, a reference).

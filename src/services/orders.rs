@@ -62,6 +62,8 @@ pub struct Orders {
     metrics: Arc<Metrics>,
     watch: Arc<OrderWatch>,
     backlog: Arc<Backlog>,
+    /// A customer's pending orders at which its checkouts are refused; 0: no bound.
+    per_customer: i64,
 }
 
 impl Orders {
@@ -71,9 +73,11 @@ impl Orders {
         policy: Policy,
         metrics: Arc<Metrics>,
         max_pending: i64,
+        per_customer: i64,
     ) -> Self {
         Self {
             backlog: Arc::new(Backlog::new(max_pending, metrics.orders_pending.clone())),
+            per_customer,
             stores,
             currency,
             policy,
@@ -82,9 +86,15 @@ impl Orders {
         }
     }
 
-    /// Refuses a checkout while too many orders wait to settle (counted as refused).
-    pub fn admit(&self) -> Result<(), ServiceError> {
-        if self.backlog.admits() {
+    /// Refuses a checkout while too many orders wait to settle (counted as refused), unless it
+    /// is the retry of one that went through: that one gets its order even now. Asked before
+    /// the body is read, so under overload a refusal costs one indexed read, never a write.
+    pub async fn admit(&self, customer_id: Uuid, key: &str) -> Result<(), ServiceError> {
+        if self.backlog.admits()
+            || orders::key_use(&self.stores.pg, customer_id, key)
+                .await?
+                .is_some()
+        {
             return Ok(());
         }
         self.metrics.checkouts_refused.inc();
@@ -92,14 +102,14 @@ impl Orders {
     }
 
     /// Places an order, or returns the one this customer already placed with this key (`false`
-    /// then). The same key with different lines is refused.
+    /// then). The same key with different lines is refused, and so is a new order while the
+    /// customer has its bound of orders pending. Call [`Self::admit`] first.
     pub async fn checkout(
         &self,
         customer_id: Uuid,
         key: &str,
         lines: &[OrderLine],
     ) -> Result<(OrderView, bool), ServiceError> {
-        self.admit()?;
         let request_hash = request_hash(lines);
         let ids: Vec<Uuid> = lines.iter().map(|l| l.product_id).collect();
         let prices: HashMap<Uuid, i64> = products::live_prices(&self.stores.pg, &ids)
@@ -185,14 +195,19 @@ impl Orders {
             request_hash: &request_hash,
             saga: &saga,
             outgoing: &outgoing,
+            max_pending: self.per_customer,
         };
         let Some((order, items)) = checkout::place(&self.stores.pg, &placement).await? else {
-            // The key was used first, by this request's earlier try or by a concurrent one that
-            // the insert waited for. Keys are never deleted, so it is there to read.
-            let view = self.replay(customer_id, key, &request_hash).await?;
-            return view
-                .map(|v| (v, false))
-                .ok_or_else(|| ServiceError::Conflict("the idempotency key is in use".into()));
+            // Either the key was used first (by this request's earlier try, or by a concurrent
+            // one the insert waited for; keys are never deleted, so it is there to read), or the
+            // customer had its bound of orders pending and nothing was written.
+            return match self.replay(customer_id, key, &request_hash).await? {
+                Some(view) => Ok((view, false)),
+                None => {
+                    self.metrics.checkouts_rate_limited.inc();
+                    Err(ServiceError::RateLimited)
+                }
+            };
         };
         let view = OrderView {
             order,
@@ -283,24 +298,23 @@ impl Orders {
         Ok(Page::from_overfetch(views, limit, |v| v.order.id))
     }
 
-    /// Records the customer's cancel and asks the orchestrator to act on it.
+    /// Records the customer's cancel and asks the orchestrator to act on it. The update itself
+    /// decides, on the order as it is when it runs: an order read first could be settled by the
+    /// orchestrator before the write.
     pub async fn cancel(&self, viewer: Viewer, order_id: Uuid) -> Result<OrderView, ServiceError> {
         let mut tx = self.stores.pg.begin().await?;
-        let current = orders::find(&mut tx, order_id)
-            .await?
-            .filter(|o| viewer.is_none_or(|c| c == o.customer_id))
-            .ok_or(ServiceError::NotFound("order"))?;
-        let Some(order) = orders::request_cancel(&mut tx, order_id).await? else {
-            if current.status().is_final() {
+        let Some(order) = orders::request_cancel(&mut tx, order_id, viewer).await? else {
+            drop(tx);
+            let current = self.view(viewer, order_id).await?;
+            let status = current.order.status();
+            if status.is_final() {
                 return Err(ServiceError::InvalidTransition(format!(
                     "the order is already {}",
-                    current.status().as_str()
+                    status.as_str()
                 )));
             }
-            // Cancelled already and still undoing: a retried cancel gets the order, changing
-            // nothing.
-            drop(tx);
-            return self.view(viewer, order_id).await;
+            // Not ended, so its cancel was recorded before: a retry, which changes nothing.
+            return Ok(current);
         };
         let trace = messaging::new_traceparent();
         let requested = HistoryEvent {

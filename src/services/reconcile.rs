@@ -50,7 +50,8 @@ impl fmt::Display for Drift {
                 match expected {
                     Expected::Absent => "none",
                     Expected::Settled(record) => record.as_str(),
-                    Expected::Unsettled { .. } => "reserved or released",
+                    Expected::Undecided => "any",
+                    Expected::Releasing => "reserved or released",
                 }
             ),
             Self::Counters {
@@ -104,7 +105,7 @@ impl Reconciler {
         };
         let mut holding = Vec::new();
         for (step, found) in steps.iter().zip(found) {
-            let expected = reservation::expected(step.reserve, step.release);
+            let expected = reservation::expected(step.reserve, step.decided, step.release);
             let record = found.as_deref().and_then(Record::parse);
             if record.map(Record::as_str) != found.as_deref() || !expected.accepts(record) {
                 report.drift.push(Drift::Record {
@@ -117,7 +118,7 @@ impl Reconciler {
             // whatever Redis's record says is right.
             let holds = match expected {
                 Expected::Settled(settled) => settled == Record::Reserved,
-                Expected::Unsettled { .. } => record == Some(Record::Reserved),
+                Expected::Undecided | Expected::Releasing => record == Some(Record::Reserved),
                 Expected::Absent => false,
             };
             if holds {
@@ -175,7 +176,7 @@ impl Reconciler {
         let records: Vec<(Uuid, Record)> = steps
             .iter()
             .filter_map(|s| {
-                reservation::expected(s.reserve, s.release)
+                reservation::expected(s.reserve, s.decided, s.release)
                     .rebuilt()
                     .map(|r| (s.order_id, r))
             })

@@ -1,5 +1,5 @@
-//! RabbitMQ. For now the API only needs to know that the broker answers; the saga's topology,
-//! publisher and consumers build on this connection.
+//! RabbitMQ, as the API and `/readyz` see it: whether the broker answers. The roles open
+//! connections of their own (see [`crate::messaging`]).
 
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ impl Broker {
     }
 
     /// Succeeds when a connection is open, opening a new one if the last was lost.
-    pub async fn ping(&self) -> Result<(), lapin::Error> {
+    pub async fn ping(&self) -> Result<(), super::StoreError> {
         let mut slot = self.connection.lock().await;
         if slot.as_ref().is_some_and(|c| c.status().connected()) {
             return Ok(());
@@ -32,11 +32,12 @@ impl Broker {
             .with_connection_name("orderly".into())
             .with_executor(tokio_executor_trait::Tokio::current());
         let connect = Connection::connect(&self.url, properties);
-        let connection = tokio::time::timeout(Duration::from_secs(3), connect)
-            .await
-            .map_err(|_| {
-                lapin::Error::IOError(std::sync::Arc::new(std::io::ErrorKind::TimedOut.into()))
-            })??;
+        let connection = match tokio::time::timeout(Duration::from_secs(3), connect).await {
+            Ok(connected) => connected?,
+            Err(_) => Err(lapin::Error::IOError(std::sync::Arc::new(
+                std::io::ErrorKind::TimedOut.into(),
+            )))?,
+        };
         *slot = Some(connection);
         Ok(())
     }

@@ -44,38 +44,73 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        let unavailable = matches!(
-            e,
+        let unavailable = match &e {
             sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::WorkerCrashed
-        );
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| pg_unavailable(&c)),
+            _ => false,
+        };
         classify("postgres", unavailable, e)
     }
 }
 
+/// SQLSTATEs with which Postgres says it cannot serve now, not that the query was wrong:
+/// connection exceptions (class 08), too many connections, and a server shutting down,
+/// restarting or starting up ("terminating connection due to administrator command").
+fn pg_unavailable(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "53300" | "57P01" | "57P02" | "57P03")
+}
+
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
+        use redis::ErrorKind;
         let unavailable = e.is_io_error()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
-            || e.is_timeout();
+            || e.is_timeout()
+            || matches!(
+                e.kind(),
+                ErrorKind::Server(
+                    redis::ServerErrorKind::BusyLoading
+                        | redis::ServerErrorKind::TryAgain
+                        | redis::ServerErrorKind::MasterDown
+                        | redis::ServerErrorKind::ClusterDown
+                )
+            );
         classify("redis", unavailable, e)
     }
 }
 
+/// MongoDB's codes for a server that is shutting down, stepping down or recovering: the write
+/// or read may succeed on a retry.
+const MONGO_UNAVAILABLE: [i32; 8] = [91, 189, 10107, 11600, 11602, 13435, 13436, 262];
+
 impl From<mongodb::error::Error> for StoreError {
     fn from(e: mongodb::error::Error) -> Self {
         use mongodb::error::ErrorKind;
-        let unavailable = matches!(
-            *e.kind,
+        let unavailable = match e.kind.as_ref() {
             ErrorKind::Io(_)
-                | ErrorKind::ServerSelection { .. }
-                | ErrorKind::ConnectionPoolCleared { .. }
-        );
+            | ErrorKind::ServerSelection { .. }
+            | ErrorKind::ConnectionPoolCleared { .. } => true,
+            ErrorKind::Command(c) => MONGO_UNAVAILABLE.contains(&c.code),
+            _ => false,
+        } || e.contains_label("RetryableWriteError");
         classify("mongodb", unavailable, e)
+    }
+}
+
+impl From<lapin::Error> for StoreError {
+    fn from(e: lapin::Error) -> Self {
+        let unavailable = matches!(
+            e,
+            lapin::Error::IOError(_)
+                | lapin::Error::InvalidConnectionState(_)
+                | lapin::Error::InvalidChannelState(_)
+        );
+        classify("rabbitmq", unavailable, e)
     }
 }
 

@@ -63,13 +63,25 @@ pub struct StockCounters {
 }
 
 impl StockCounters {
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+    /// Handles on Redis that connect on first use, not now: a process must start while Redis
+    /// is down (see [`crate::readiness`]).
+    pub fn open(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)?;
-        let redis = ConnectionManager::new(client).await?;
+        let redis = ConnectionManager::new_lazy_with_config(
+            client,
+            redis::aio::ConnectionManagerConfig::new(),
+        )?;
         Ok(Self {
             redis,
             prefix: prefix.into(),
         })
+    }
+
+    /// Handles on Redis, once it has answered.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let counters = Self::open(url, prefix)?;
+        counters.ping().await?;
+        Ok(counters)
     }
 
     /// `{prefix}stock:{<product>}:available`. The braces are a Redis Cluster hash tag: every key

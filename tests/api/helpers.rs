@@ -10,6 +10,7 @@ use orderly::{
     config::Settings,
     messaging::topology::Topology,
     metrics::Metrics,
+    readiness::Readiness,
     roles::{Role, RoleContext},
     services::Stores,
 };
@@ -24,9 +25,10 @@ pub struct TestApp {
     pub admin_token: String,
     pub stores: Stores,
     pub settings: Settings,
+    readiness: Readiness,
     client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
-    workers: Option<watch::Sender<bool>>,
+    workers: Vec<watch::Sender<bool>>,
     _isolation: Isolation,
 }
 
@@ -114,6 +116,11 @@ pub fn test_vars(overrides: &[(&str, &str)]) -> (HashMap<String, String>, String
     for (k, v) in overrides {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
+    // A test may point the database elsewhere (through a proxy of its own); the database it
+    // names is still the one to remove afterwards.
+    let url = &vars["ORDERLY_DATABASE_URL"];
+    let db_name = url.split('?').next().unwrap_or(url);
+    let db_name = db_name.rsplit('/').next().unwrap_or(db_name).to_owned();
     (vars, db_name)
 }
 
@@ -133,6 +140,7 @@ pub async fn spawn_app_with_roles(overrides: &[(&str, &str)], roles: &[Role]) ->
         .expect("app builds");
     let addr = app.local_addr();
     let stores = app.stores().clone();
+    let readiness = app.readiness().clone();
     let settings_copy = settings.clone();
     let (tx, rx) = oneshot::channel();
     tokio::spawn(app.run_until_stopped(async {
@@ -143,9 +151,10 @@ pub async fn spawn_app_with_roles(overrides: &[(&str, &str)], roles: &[Role]) ->
         admin_token: settings.admin_token.clone(),
         stores,
         settings,
+        readiness,
         client: reqwest::Client::new(),
         shutdown: Some(tx),
-        workers: None,
+        workers: Vec::new(),
         _isolation: Isolation {
             settings: settings_copy,
             db_name,
@@ -158,16 +167,26 @@ impl TestApp {
     /// the app.
     pub fn start_workers(&mut self, roles: &[Role]) {
         let (stop, stopped) = watch::channel(false);
-        let context = RoleContext {
+        let mut tasks = tokio::task::JoinSet::new();
+        orderly::roles::spawn(
+            self.role_context(),
+            roles,
+            &self.readiness,
+            stopped,
+            &mut tasks,
+        );
+        tokio::spawn(async move { while tasks.join_next().await.is_some() {} });
+        self.workers.push(stop);
+    }
+
+    /// What a role of this app's needs, for a test that drives a role's handler by hand.
+    pub fn role_context(&self) -> RoleContext {
+        RoleContext {
             stores: self.stores.clone(),
             topology: Topology::new(&self.settings.amqp_prefix),
             metrics: std::sync::Arc::new(Metrics::default()),
             settings: std::sync::Arc::new(self.settings.clone()),
-        };
-        let mut tasks = tokio::task::JoinSet::new();
-        orderly::roles::spawn(context, roles, stopped, &mut tasks);
-        tokio::spawn(async move { while tasks.join_next().await.is_some() {} });
-        self.workers = Some(stop);
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -463,7 +482,7 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(stop) = self.workers.take() {
+        for stop in self.workers.drain(..) {
             let _ = stop.send(true);
         }
         // The stores are removed when `_isolation`, the last field, drops next.
@@ -502,4 +521,61 @@ impl Drop for Isolation {
         });
         let _ = cleanup.join();
     }
+}
+
+/// A real `orderly` process of the test's, killed if the test ends before it stops.
+pub struct Process(pub std::process::Child);
+
+impl Process {
+    /// Starts the binary with `args` and exactly `vars` (plus `PATH`), logging to `log`.
+    pub fn start(args: &[&str], vars: &HashMap<String, String>, log: &std::path::Path) -> Self {
+        let file = std::fs::File::create(log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_orderly"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(vars)
+            .env("ORDERLY_LOG", "warn")
+            // orderly logs to stdout; a crash's message goes to stderr.
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("orderly starts");
+        Self(child)
+    }
+
+    /// SIGTERM, then the exit status once it has drained.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..300 {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("orderly did not stop within 30 s of SIGTERM");
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

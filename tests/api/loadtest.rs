@@ -43,10 +43,14 @@ async fn a_short_checkout_run_passes_verification_and_a_broken_store_fails_it() 
     let result = std::panic::AssertUnwindSafe(async {
         assert!(report.passed(), "{}", report.markdown());
         assert!(
-            report.throughput.sagas_completed > 0,
+            report
+                .throughput
+                .as_ref()
+                .is_some_and(|t| t.sagas_completed > 0),
             "{}",
             report.markdown()
         );
+        assert_eq!(report.load_covered_s, report.duration_s);
         assert!(
             report.outcomes.contains_key("confirmed"),
             "{:?}",

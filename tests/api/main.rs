@@ -3,12 +3,15 @@
 
 mod auth;
 mod bad_input;
+mod cancels;
+mod chaos;
 mod customers;
 mod helpers;
 mod loadtest;
 mod messaging;
 mod ops;
 mod orders;
+mod outages;
 mod processes;
 mod products;
 mod reconcile;

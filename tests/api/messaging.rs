@@ -85,6 +85,7 @@ async fn commands_delivered_again_change_nothing() {
     let saga: Uuid = done["saga"]["id"].as_str().unwrap().parse().unwrap();
 
     // A retried attempt of each step (new message ids), and one of them twice (same id).
+    let consumed_before = consumed(&app).await;
     let (connection, publisher) = publisher(&app).await;
     let charge = Envelope::new(
         saga,
@@ -120,7 +121,29 @@ async fn commands_delivered_again_change_nothing() {
             .unwrap()
     };
     let before = log_entries().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every copy was taken and answered: payments took both charges, inventory the reserve,
+    // and the orchestrator the two replies they sent. Only then can "nothing changed" mean
+    // that the copies changed nothing.
+    let mut consumed_now = consumed_before.clone();
+    for _ in 0..100 {
+        consumed_now = consumed(&app).await;
+        if consumed_now["payments"] >= consumed_before["payments"] + 2
+            && consumed_now["inventory"] > consumed_before["inventory"]
+            && consumed_now["orchestrator"] >= consumed_before["orchestrator"] + 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        [
+            consumed_now["payments"] - consumed_before["payments"],
+            consumed_now["inventory"] - consumed_before["inventory"],
+            consumed_now["orchestrator"] - consumed_before["orchestrator"],
+        ],
+        [2, 1, 2],
+        "the copies were consumed"
+    );
     assert_eq!(app.balance(customer).await, 10_000 - 1_400, "charged once");
     assert_eq!(app.available(product).await, 3, "reserved once");
     assert_eq!(app.held(product).await, 2);
@@ -132,6 +155,22 @@ async fn commands_delivered_again_change_nothing() {
     );
     // The replies carried the first replies' ids, so the orchestrator's inbox dropped them.
     assert_eq!(log_entries().await, before);
+}
+
+/// Messages each of the app's queues has consumed so far, from its metrics.
+async fn consumed(app: &TestApp) -> std::collections::HashMap<String, u64> {
+    let text = app.metrics().await;
+    ["payments", "inventory", "orchestrator"]
+        .into_iter()
+        .map(|queue| {
+            let series = format!("orderly_messages_consumed_total{{queue=\"{queue}\"}} ");
+            let n = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .map_or(0, |n| n.trim().parse().unwrap());
+            (queue.to_owned(), n)
+        })
+        .collect()
 }
 
 /// A body no role can decode, written as Postgres's `jsonb` prints it back.

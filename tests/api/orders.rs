@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use futures::future::join_all;
+use futures::{TryStreamExt, future::join_all};
 use orderly::roles::Role;
 use serde_json::Value;
 use uuid::Uuid;
@@ -36,11 +36,36 @@ fn types(events: &[Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
 }
 
-#[track_caller]
-fn assert_contiguous(events: &[Value]) {
-    for (i, e) in events.iter().enumerate() {
-        assert_eq!(e["seq"], i as i64 + 1, "seq contiguous from 1: {events:?}");
-    }
+/// Asserts that MongoDB holds the order's history exactly as Postgres numbered it: seqs 1 to the
+/// order's last seq, none missing and none extra. Read from the collection itself: the API stops
+/// at the first gap, so a history read through it could never show one.
+async fn assert_contiguous(app: &TestApp, order: &str) {
+    let id: Uuid = order.parse().unwrap();
+    let last_seq: i32 = sqlx::query_scalar("SELECT last_seq FROM orders WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.stores.pg)
+        .await
+        .unwrap();
+    let stored: Vec<i32> = app
+        .stores
+        .docs
+        .database()
+        .collection::<mongodb::bson::Document>(orderly::store::history::HISTORY)
+        .find(mongodb::bson::doc! { "order_id": order })
+        .sort(mongodb::bson::doc! { "seq": 1 })
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.get_i32("seq").unwrap())
+        .collect();
+    assert_eq!(
+        stored,
+        (1..=last_seq).collect::<Vec<_>>(),
+        "the history of {order} as stored, against Postgres's numbering"
+    );
 }
 
 fn step_statuses(saga: &Value) -> Vec<(&str, &str)> {
@@ -93,7 +118,7 @@ async fn a_checkout_reserves_charges_and_confirms() {
     assert_eq!(app.held(product).await, 2);
 
     let events = history(&app, &order, 4).await;
-    assert_contiguous(&events);
+    assert_contiguous(&app, &order).await;
     assert_eq!(
         types(&events),
         [
@@ -172,7 +197,7 @@ async fn lack_of_stock_on_one_line_rejects_the_whole_order() {
     assert_eq!(app.held(plenty).await + app.held(scarce).await, 0);
     assert_eq!(app.balance(customer).await, 100_000);
     let events = history(&app, &id(&placed.body), 3).await;
-    assert_contiguous(&events);
+    assert_contiguous(&app, &id(&placed.body)).await;
     assert_eq!(
         types(&events),
         ["order_placed", "stock_rejected", "order_rejected"]
@@ -202,7 +227,7 @@ async fn a_declined_payment_gives_the_stock_back() {
     assert_eq!(app.held(product).await, 0);
     assert_eq!(app.balance(customer).await, PRICE - 1);
     let events = history(&app, &id(&placed.body), 5).await;
-    assert_contiguous(&events);
+    assert_contiguous(&app, &id(&placed.body)).await;
     assert_eq!(
         types(&events),
         [
@@ -264,7 +289,7 @@ async fn cancelling_a_pending_order_undoes_what_its_saga_did() {
     assert_eq!(app.held(product).await, 0);
     assert_eq!(app.balance(customer).await, 10 * PRICE);
     let events = history(&app, &order, 6).await;
-    assert_contiguous(&events);
+    assert_contiguous(&app, &order).await;
     let kinds = types(&events);
     assert_eq!(
         kinds[..3],
@@ -317,7 +342,7 @@ async fn cancelling_a_confirmed_order_refunds_and_restocks() {
     .assert_problem(409, "invalid_transition");
 
     let events = history(&app, &order, 8).await;
-    assert_contiguous(&events);
+    assert_contiguous(&app, &order).await;
     assert_eq!(
         types(&events)[4..],
         [
@@ -578,6 +603,7 @@ async fn checkouts_past_the_pending_limit_are_refused_and_change_nothing() {
     let product = app.create_product(PRICE, 10).await;
     let (_, token) = app.create_customer(10 * PRICE).await;
 
+    let mut first = None;
     for key in ["first", "second"] {
         let placed = app.place_order(&token, key, &[(product, 1)]).await;
         assert_eq!(placed.status, 202, "{}", placed.body);
@@ -586,6 +612,7 @@ async fn checkouts_past_the_pending_limit_are_refused_and_change_nothing() {
             .get(&format!("/orders/{}", id(&placed.body)), Some(&token))
             .await;
         assert_eq!(placed.body, read.body);
+        first.get_or_insert(placed.body);
     }
     // Admission control reads the count from Postgres five times a second.
     for _ in 0..100 {
@@ -598,20 +625,23 @@ async fn checkouts_past_the_pending_limit_are_refused_and_change_nothing() {
     let refused = app.place_order(&token, "third", &[(product, 1)]).await;
     refused.assert_problem(503, "unavailable");
     assert_eq!(refused.headers["retry-after"], "1");
+    // A retry of a checkout that went through still gets its order, however overloaded.
+    let replayed = app.place_order(&token, "first", &[(product, 1)]).await;
+    assert_eq!(replayed.status, 200, "{}", replayed.body);
+    assert_eq!(Some(&replayed.body["id"]), first.as_ref().map(|o| &o["id"]));
     assert_eq!(
         app.snapshot().await,
         before,
         "a refused checkout changes nothing"
     );
-    // Shedding comes first and reads neither the token nor the body: refusing must cost less
-    // than serving.
+    // The token is checked first: a stranger learns nothing about the backlog.
     app.place_order("not-a-token", "fourth", &[(product, 1)])
         .await
-        .assert_problem(503, "unavailable");
+        .assert_problem(401, "unauthorized");
     assert!(
         app.metrics()
             .await
-            .contains("orderly_checkouts_refused_total 2"),
+            .contains("orderly_checkouts_refused_total 1"),
         "refusals are counted"
     );
 
@@ -628,4 +658,59 @@ async fn checkouts_past_the_pending_limit_are_refused_and_change_nothing() {
     assert_eq!(retried.status, 202, "{}", retried.body);
     let settled = app.settled_order(&id(&retried.body)).await;
     assert_eq!(settled["status"], "confirmed", "{settled}");
+}
+
+#[tokio::test]
+async fn one_customer_at_its_bound_is_refused_while_others_still_buy() {
+    // No worker roles: every accepted order stays pending.
+    let mut app = spawn_app_with_roles(&[("ORDERLY_MAX_PENDING_PER_CUSTOMER", "2")], &[]).await;
+    let product = app.create_product(PRICE, 10).await;
+    let (_, eager) = app.create_customer(10 * PRICE).await;
+    let (_, patient) = app.create_customer(10 * PRICE).await;
+
+    for key in ["one", "two"] {
+        let placed = app.place_order(&eager, key, &[(product, 1)]).await;
+        assert_eq!(placed.status, 202, "{}", placed.body);
+    }
+    let before = app.snapshot().await;
+    let limited = app.place_order(&eager, "three", &[(product, 1)]).await;
+    limited.assert_problem(429, "rate_limited");
+    assert_eq!(limited.headers["retry-after"], "1");
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "a limited checkout changes nothing"
+    );
+    let replayed = app.place_order(&eager, "one", &[(product, 1)]).await;
+    assert_eq!(
+        replayed.status, 200,
+        "an accepted key still answers: {}",
+        replayed.body
+    );
+
+    let other = app.place_order(&patient, "mine", &[(product, 1)]).await;
+    assert_eq!(
+        other.status, 202,
+        "another customer is not refused: {}",
+        other.body
+    );
+    assert!(
+        app.metrics()
+            .await
+            .contains("orderly_checkouts_rate_limited_total 1"),
+        "limits are counted"
+    );
+
+    // Once the customer's orders settle, its refused key goes through.
+    app.start_workers(&Role::ALL);
+    app.settled_order(&id(&replayed.body)).await;
+    let mut retried = app.place_order(&eager, "three", &[(product, 1)]).await;
+    for _ in 0..100 {
+        if retried.status != 429 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        retried = app.place_order(&eager, "three", &[(product, 1)]).await;
+    }
+    assert_eq!(retried.status, 202, "{}", retried.body);
 }

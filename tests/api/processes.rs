@@ -2,71 +2,18 @@
 //! with SIGKILL while orders pour in. Every saga must still end, nothing may be charged twice
 //! and nothing oversold.
 
-use std::{
-    collections::HashMap,
-    net::TcpListener,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Isolation, test_vars};
+use crate::helpers::{Isolation, Process, free_port, test_vars};
 
 const STOCK: i64 = 30;
 const PRICE: i64 = 1_000;
 const CUSTOMERS: usize = 20;
 const ORDERS_PER_WAVE: usize = 60;
-
-struct Process(Child);
-
-impl Process {
-    fn start(role: &[&str], vars: &HashMap<String, String>, log: &std::path::Path) -> Self {
-        let file = std::fs::File::create(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_orderly"))
-            .args(role)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(vars)
-            .env("ORDERLY_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("orderly starts");
-        Self(child)
-    }
-
-    /// SIGTERM, then the exit status once it has drained.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        for _ in 0..300 {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("orderly did not stop within 30 s of SIGTERM");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_load_loses_nothing_and_doubles_nothing() {

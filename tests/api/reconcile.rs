@@ -72,6 +72,26 @@ async fn lose_redis_data(app: &TestApp) {
     }
 }
 
+/// Waits until the inventory role has recorded what `reserve.lua` answered for the order: its
+/// reply is then on its way to the saga.
+async fn decided(app: &TestApp, order: &str, outcome: &str) {
+    let order_id: Uuid = order.parse().unwrap();
+    for _ in 0..200 {
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT outcome FROM stock_reservations WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_optional(&app.stores.pg)
+                .await
+                .unwrap();
+        if let Some(recorded) = recorded {
+            assert_eq!(recorded, outcome);
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("no answer recorded for order {order}");
+}
+
 /// Waits until the cancellation saga of a confirmed order has finished.
 async fn cancelled(app: &TestApp, order: &str) {
     app.order_when(order, |o| {
@@ -166,12 +186,7 @@ async fn a_reservation_whose_reply_is_still_queued_survives_the_rebuild() {
         .place_order(&token, "queued", &[(product, 3)])
         .await
         .body);
-    for _ in 0..200 {
-        if app.held(product).await == 3 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    decided(&app, &order, "reserved").await;
     assert_eq!(app.held(product).await, 3);
 
     lose_redis_data(&app).await;
@@ -189,6 +204,58 @@ async fn a_reservation_whose_reply_is_still_queued_survives_the_rebuild() {
     assert_eq!(
         app.settled_order(&late).await["reason"],
         "insufficient_stock"
+    );
+    assert!(reconciler.check().await.unwrap().drift.is_empty());
+}
+
+#[tokio::test]
+async fn a_reserve_refused_while_its_reply_is_still_queued_is_rebuilt_as_refused() {
+    // No orchestrator: both answers wait in the queue, both sagas' reserve steps still running.
+    let no_orchestrator: Vec<Role> = Role::ALL
+        .into_iter()
+        .filter(|r| *r != Role::Orchestrator)
+        .collect();
+    let mut app = spawn_app_with_roles(&[], &no_orchestrator).await;
+    let product = app.create_product(PRICE, 4).await;
+    let (_, token) = app.create_customer(1_000_000).await;
+    let kept = id(&app.place_order(&token, "kept", &[(product, 3)]).await.body);
+    decided(&app, &kept, "reserved").await;
+    let refused = id(&app
+        .place_order(&token, "refused", &[(product, 2)])
+        .await
+        .body);
+    decided(&app, &refused, "rejected").await;
+    let reconciler = Reconciler::new(app.stores.clone());
+
+    // Counting the refused order as held would take 5 of the 4 units on hand: the rebuild
+    // would refuse to run.
+    lose_redis_data(&app).await;
+    let rebuilt = reconciler.rebuild().await.unwrap();
+    assert_eq!(rebuilt.holding, 1);
+    assert_eq!(
+        (app.available(product).await, app.held(product).await),
+        (1, 3)
+    );
+
+    // With enough on hand for both, counting it as held would succeed and keep its 2 units
+    // for good: the refusal, once applied, releases nothing.
+    assert_eq!(app.adjust_stock(product, 4, "restock").await.status, 200);
+    lose_redis_data(&app).await;
+    reconciler.rebuild().await.unwrap();
+    assert_eq!(
+        (app.available(product).await, app.held(product).await),
+        (5, 3)
+    );
+
+    app.start_workers(&[Role::Orchestrator]);
+    assert_eq!(app.settled_order(&kept).await["status"], "confirmed");
+    assert_eq!(
+        app.settled_order(&refused).await["reason"],
+        "insufficient_stock"
+    );
+    assert_eq!(
+        (app.available(product).await, app.held(product).await),
+        (5, 3)
     );
     assert!(reconciler.check().await.unwrap().drift.is_empty());
 }

@@ -4,7 +4,8 @@
 //! first outcome wins per order, and an undo that arrives first leaves a tombstone. The network
 //! delivers in any order, duplicates and loses messages; the customer may cancel at any moment;
 //! deadlines fire whenever the test says so. Whatever happens, once the network is drained every
-//! saga has ended, stock and money are conserved, and the order's status agrees with them.
+//! saga has ended, stock and money are conserved, and the order's status agrees with them; a
+//! cancel the API recorded ends the order `cancelled/cancelled_by_customer`.
 
 use chrono::TimeZone;
 use proptest::prelude::*;
@@ -63,7 +64,9 @@ struct World {
     now: DateTime<Utc>,
     sagas: Vec<Saga>,
     order: OrderChange,
-    cancel_sent: bool,
+    /// The API recorded the customer's cancel on the order (it accepts one, while the order has
+    /// not ended); every saga is loaded with it from then on.
+    cancel_recorded: bool,
     network: Vec<Message>,
     quantity: i64,
     total: i64,
@@ -86,7 +89,7 @@ impl World {
                 status: OrderStatus::Pending,
                 reason: None,
             },
-            cancel_sent: false,
+            cancel_recorded: false,
             network: Vec::new(),
             quantity,
             total,
@@ -120,6 +123,7 @@ impl World {
     }
 
     fn apply(&mut self, saga: usize, event: SagaEvent) {
+        self.sagas[saga].cancel_requested |= self.cancel_recorded;
         let t = self.sagas[saga].apply(event, self.now, &self.policy);
         self.record(saga, t);
     }
@@ -211,12 +215,15 @@ impl World {
                 let m = self.network[i % n];
                 self.deliver(m);
             }
-            Op::Lose(i) if n > 0 => {
+            // A command or a reply may be lost (its participant died before answering; the
+            // deadline sends it again). The customer's cancel is not: it is in the outbox
+            // before the API answers, and the orchestrator never dead-letters it.
+            Op::Lose(i) if n > 0 && !matches!(self.network[i % n], Message::Cancel) => {
                 self.network.remove(i % n);
             }
             // The API accepts one cancel, and none for an order that has ended.
-            Op::Cancel if !self.cancel_sent && !self.order.status.is_final() => {
-                self.cancel_sent = true;
+            Op::Cancel if !self.cancel_recorded && !self.order.status.is_final() => {
+                self.cancel_recorded = true;
                 self.network.push(Message::Cancel);
             }
             Op::Tick => self.tick(),
@@ -268,6 +275,16 @@ impl World {
                 assert!(self.order.reason.is_some());
             }
             OrderStatus::Pending => panic!("the order is still pending"),
+        }
+        if self.cancel_recorded {
+            assert_eq!(
+                (self.order.status, self.order.reason),
+                (
+                    OrderStatus::Cancelled,
+                    Some(OrderReason::CancelledByCustomer)
+                ),
+                "a recorded cancel wins"
+            );
         }
         if self.order.status == OrderStatus::Rejected {
             assert_eq!(
@@ -427,4 +444,52 @@ fn names_agree_with_their_json() {
     for s in StepStatus::ALL {
         assert_eq!(s.as_str(), json(serde_json::to_value(s).unwrap()));
     }
+}
+
+/// Delivers the network's messages at these positions, one after another.
+fn deliver_at(w: &mut World, positions: &[usize]) {
+    for &i in positions {
+        let m = w.network.remove(i);
+        w.deliver(m);
+    }
+}
+
+#[test]
+fn a_cancel_recorded_while_a_failure_is_compensated_ends_cancelled_by_the_customer() {
+    let mut w = World::new(1, BALANCE + 1);
+    // reserve, its reply, the declined charge, its reply: the saga now releases the stock.
+    deliver_at(&mut w, &[0, 0, 0, 0]);
+    assert_eq!(w.sagas[0].state, SagaState::Compensating);
+    assert_eq!(w.sagas[0].reason, Some(OrderReason::InsufficientFunds));
+    w.step(Op::Cancel);
+    // The release and its reply overtake the cancel's own message.
+    deliver_at(&mut w, &[0, 1]);
+    assert_eq!(
+        (w.order.status, w.order.reason),
+        (
+            OrderStatus::Cancelled,
+            Some(OrderReason::CancelledByCustomer)
+        )
+    );
+    w.drain();
+    w.check();
+}
+
+#[test]
+fn a_refusal_that_overtakes_a_recorded_cancel_still_ends_cancelled_by_the_customer() {
+    let mut w = World::new(STOCK + 1, 100);
+    w.step(Op::Cancel);
+    // The refused reserve's reply reaches the saga before the cancel's message.
+    deliver_at(&mut w, &[0, 1]);
+    assert_eq!(
+        w.sagas[0].state,
+        SagaState::Compensating,
+        "{:?}",
+        w.sagas[0]
+    );
+    w.drain();
+    w.check();
+    assert_eq!(w.order.status, OrderStatus::Cancelled);
+    assert_eq!(w.order.reason, Some(OrderReason::CancelledByCustomer));
+    assert_eq!(w.held, Held::Released);
 }

@@ -21,11 +21,15 @@ pub struct Placement<'a> {
     pub request_hash: &'a [u8],
     pub saga: &'a Saga,
     pub outgoing: &'a [Envelope],
+    /// The customer's pending orders at which nothing is written; 0: no bound.
+    pub max_pending: i64,
 }
 
-/// Writes the checkout if `(customer, key)` is new and returns the order and its items as
-/// stored; `None`, writing nothing, when the key was used before (a concurrent request with the
-/// same key is waited for first).
+/// Writes the checkout if `(customer, key)` is new and the customer has fewer than
+/// `max_pending` orders pending, and returns the order and its items as stored; `None`, writing
+/// nothing, when the key was used before (a concurrent request with the same key is waited for
+/// first) or the customer is at its bound. The bound is soft: concurrent checkouts of one
+/// customer count each other's orders only once committed.
 pub async fn place(
     conn: impl sqlx::PgExecutor<'_>,
     p: &Placement<'_>,
@@ -36,11 +40,15 @@ pub async fn place(
     let quantities: Vec<i32> = order.lines.iter().map(|l| l.1 as i32).collect();
     let prices: Vec<i64> = order.lines.iter().map(|l| l.2).collect();
     let out = outbox::Rows::of(p.outgoing);
-    // Every later part selects from `claimed`: a used key inserts nothing anywhere.
+    // Every later part selects from `claimed`: a used key, or a customer at its bound, inserts
+    // nothing anywhere. The count stops at the bound, so its cost does not grow past it.
     let row: Option<OrderRow> = sqlx::query_as(&format!(
         "WITH claimed AS ( \
              INSERT INTO idempotency_keys (customer_id, key, request_hash, order_id) \
-             VALUES ($2, $6, $7, $1) ON CONFLICT DO NOTHING RETURNING order_id \
+             SELECT $2::uuid, $6::text, $7::bytea, $1::uuid \
+              WHERE $23::bigint <= 0 OR (SELECT count(*) FROM (SELECT 1 FROM orders \
+                                  WHERE customer_id = $2 AND status = 'pending' LIMIT $23) p) < $23 \
+             ON CONFLICT DO NOTHING RETURNING order_id \
          ), placed AS ( \
              INSERT INTO orders AS o (id, customer_id, status, total_minor, currency, saga_id, \
                                       last_seq) \
@@ -82,6 +90,7 @@ pub async fn place(
     .bind(&out.exchanges)
     .bind(&out.keys)
     .bind(&out.bodies)
+    .bind(p.max_pending)
     .fetch_optional(conn)
     .await?;
     Ok(row.map(|row| {

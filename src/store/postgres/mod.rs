@@ -23,34 +23,32 @@ use crate::config::Settings;
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Opens a pool of up to `size` connections, failing fast when Postgres does not answer.
-pub async fn connect(settings: &Settings, size: u32) -> Result<PgPool, sqlx::Error> {
+/// A pool of up to `size` connections. Connects on first use, not now: a process must start
+/// while Postgres is down (see [`crate::readiness`]).
+pub fn pool(settings: &Settings, size: u32) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = settings.database_url.parse()?;
-    PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(size.max(1))
         .acquire_timeout(Duration::from_secs(5))
         // sqlx pings every connection it hands out by default: a round trip before each query,
         // the largest single cost the load test's profile found. A connection that broke while
         // idle now fails its first query instead, which callers already treat as transient.
         .test_before_acquire(false)
-        .connect_with(options.application_name("orderly"))
-        .await
+        .connect_lazy_with(options.application_name("orderly")))
 }
 
-/// Creates the database when missing, then applies every pending migration; returns a pool of
-/// up to `size` connections.
-pub async fn migrate(settings: &Settings, size: u32) -> Result<PgPool, sqlx::Error> {
-    if !sqlx::Postgres::database_exists(&settings.database_url).await? {
+/// Creates the database when missing, then applies every pending migration through `pool`.
+pub async fn migrate(database_url: &str, pool: &PgPool) -> Result<(), sqlx::Error> {
+    if !sqlx::Postgres::database_exists(database_url).await? {
         // Two processes may race here on a fresh machine; the loser's "already exists" is fine.
-        if let Err(e) = sqlx::Postgres::create_database(&settings.database_url).await
-            && !sqlx::Postgres::database_exists(&settings.database_url).await?
+        if let Err(e) = sqlx::Postgres::create_database(database_url).await
+            && !sqlx::Postgres::database_exists(database_url).await?
         {
             return Err(e);
         }
     }
-    let pool = connect(settings, size).await?;
-    MIGRATOR.run(&pool).await?;
-    Ok(pool)
+    MIGRATOR.run(pool).await?;
+    Ok(())
 }
 
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {

@@ -109,19 +109,24 @@ pub async fn list(
     .await
 }
 
-/// Marks a cancel requested, once, for an order that has not ended, and takes the next history
-/// seq for the `cancel_requested` event. `None` when the order ended or a cancel came first.
+/// Records a customer's cancel, once, if the order is the viewer's (`None`: the admin) and has
+/// not ended when the update runs; bumps the version so an orchestrator that read the order
+/// before re-reads it, and takes the next history seq for the `cancel_requested` event. `None`
+/// when the order is not the viewer's, has ended, or was cancelled already.
 pub async fn request_cancel(
     conn: &mut PgConnection,
     id: Uuid,
+    viewer: Option<Uuid>,
 ) -> Result<Option<OrderRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "UPDATE orders o SET cancel_requested_at = now(), last_seq = last_seq + 1, \
                 version = version + 1, updated_at = now() \
-         WHERE id = $1 AND cancel_requested_at IS NULL AND status IN ('pending', 'confirmed') \
+         WHERE id = $1 AND ($2::uuid IS NULL OR customer_id = $2) \
+           AND cancel_requested_at IS NULL AND status IN ('pending', 'confirmed') \
          RETURNING {COLUMNS}"
     ))
     .bind(id)
+    .bind(viewer)
     .fetch_optional(conn)
     .await
 }

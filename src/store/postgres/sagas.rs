@@ -7,6 +7,7 @@ use uuid::Uuid;
 use super::orders::{self, OrderRow};
 use crate::domain::{
     order::OrderReason,
+    reservation::Record,
     saga::{Saga, SagaKind, SagaState, Step, StepStatus},
 };
 
@@ -35,6 +36,7 @@ struct Raw {
     version: i64,
     started_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
+    cancel_requested: bool,
 }
 
 impl From<Raw> for SagaRow {
@@ -48,6 +50,7 @@ impl From<Raw> for SagaRow {
                 state: r.state.0,
                 steps: r.steps.0,
                 reason: r.reason.as_deref().and_then(OrderReason::parse),
+                cancel_requested: r.cancel_requested,
                 deadline: r.deadline_at,
                 started_at: r.started_at,
                 finished_at: r.finished_at,
@@ -57,9 +60,13 @@ impl From<Raw> for SagaRow {
 }
 
 // kind and state are plain text columns; `to_jsonb` lets serde read them as the domain enums.
+// Whether the customer's cancel is recorded is the order's, read with every saga (see
+// `Saga::cancel_requested`).
 const COLUMNS: &str = "s.id AS saga_row_id, s.order_id, to_jsonb(s.kind) AS kind, \
     to_jsonb(s.state) AS state, s.reason AS saga_reason, s.steps, s.deadline_at, \
-    s.version AS saga_version, s.started_at, s.finished_at";
+    s.version AS saga_version, s.started_at, s.finished_at, \
+    (SELECT x.cancel_requested_at IS NOT NULL FROM orders x WHERE x.id = s.order_id) \
+      AS cancel_requested";
 
 #[derive(sqlx::FromRow)]
 struct WithOrder {
@@ -182,34 +189,43 @@ pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, Uuid)>, sqlx::E
     .await
 }
 
-/// An order's stock steps: its checkout's `reserve_stock`, and the `release_stock` of its
-/// cancellation saga if it has one.
+/// An order's stock steps: its checkout's `reserve_stock`, what `reserve.lua` answered if the
+/// inventory role recorded it, and the `release_stock` of its cancellation saga if it has one.
 #[derive(Debug, Clone, Copy)]
 pub struct StockSteps {
     pub order_id: Uuid,
     pub reserve: StepStatus,
+    pub decided: Option<Record>,
     pub release: Option<StepStatus>,
 }
 
 /// The stock steps of every order, read from the steps' JSON without decoding whole sagas.
 pub async fn stock_steps(pool: &PgPool) -> Result<Vec<StockSteps>, sqlx::Error> {
-    let rows: Vec<(Uuid, Json<StepStatus>, Option<Json<StepStatus>>)> = sqlx::query_as(
-        "SELECT c.order_id, r.step -> 'status', \
+    type Row = (
+        Uuid,
+        Json<StepStatus>,
+        Option<String>,
+        Option<Json<StepStatus>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.order_id, r.step -> 'status', d.outcome, \
                 (SELECT st -> 'status' FROM sagas x, jsonb_array_elements(x.steps) st \
                   WHERE x.order_id = c.order_id AND x.kind = 'cancellation' \
                     AND st ->> 'name' = 'release_stock') \
            FROM sagas c \
            CROSS JOIN LATERAL (SELECT st AS step FROM jsonb_array_elements(c.steps) st \
                                 WHERE st ->> 'name' = 'reserve_stock') r \
+           LEFT JOIN stock_reservations d ON d.order_id = c.order_id \
           WHERE c.kind = 'checkout'",
     )
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(order_id, reserve, release)| StockSteps {
+        .map(|(order_id, reserve, decided, release)| StockSteps {
             order_id,
             reserve: reserve.0,
+            decided: decided.as_deref().and_then(Record::parse),
             release: release.map(|r| r.0),
         })
         .collect())

@@ -3,7 +3,7 @@
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::stock::AdjustmentReason;
+use crate::domain::{reservation::Record, stock::AdjustmentReason};
 
 /// An adjustment recorded but not yet settled against Redis.
 #[derive(Debug, Clone, Copy, sqlx::FromRow)]
@@ -178,4 +178,22 @@ pub async fn all_pending(pool: &PgPool) -> Result<Vec<PendingAdjustment>, sqlx::
     sqlx::query_as("SELECT id, product_id, delta FROM stock_adjustments WHERE status = 'pending'")
         .fetch_all(pool)
         .await
+}
+
+/// Records what `reserve.lua` answered for an order, in the caller's transaction (the one that
+/// queues the reply); the first answer stays, as it does in Redis.
+pub async fn record_reservation(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    outcome: Record,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO stock_reservations (order_id, outcome) VALUES ($1, $2) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(outcome.as_str())
+    .execute(conn)
+    .await
+    .map(drop)
 }
