@@ -247,12 +247,7 @@ pub async fn work(settings: Settings, roles: Vec<Role>) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     readiness.spawn_set_up(&stores, &settings, &needed, &stop_rx, &mut tasks);
-    let context = RoleContext {
-        stores: stores.clone(),
-        topology: Topology::new(&settings.amqp_prefix),
-        metrics: metrics.clone(),
-        settings: settings.clone(),
-    };
+    let context = role_context(&stores, &settings, &metrics);
     roles::spawn(context, &roles, &readiness, stop_rx.clone(), &mut tasks);
     if let Some(addr) = settings.worker_metrics_addr {
         let listener = TcpListener::bind(addr)
@@ -295,8 +290,7 @@ pub async fn serve(settings: Settings, roles: Vec<Role>) -> anyhow::Result<()> {
 
 /// `orderly migrate`.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let pool = postgres::pool(settings, 1).context("ORDERLY_DATABASE_URL")?;
-    postgres::migrate(&settings.database_url, &pool)
+    postgres::migrate(&settings.database_url)
         .await
         .context("migrating Postgres")?;
     println!("migrations applied");

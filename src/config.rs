@@ -187,7 +187,8 @@ impl Settings {
             max_pending_orders: parse(vars, "ORDERLY_MAX_PENDING_ORDERS", 250)?,
             // A shopper waits for one checkout or a few; twenty at once is a script, and past
             // it one token could hold the global bound and refuse everyone else.
-            max_pending_per_customer: parse(vars, "ORDERLY_MAX_PENDING_PER_CUSTOMER", 20)?,
+            max_pending_per_customer: parse::<i64>(vars, "ORDERLY_MAX_PENDING_PER_CUSTOMER", 20)?
+                .max(0),
         })
     }
 }

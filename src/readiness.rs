@@ -168,20 +168,28 @@ pub enum SetupError {
 
 /// One attempt at making `store` usable by this process.
 async fn set_up(store: Store, stores: &Stores, settings: &Settings) -> Result<(), SetupError> {
-    let attempt = async {
-        match store {
-            Store::Postgres => postgres::migrate(&settings.database_url, &stores.pg).await?,
-            Store::Redis => stores.stock.ping().await?,
-            Store::Mongodb => {
+    match store {
+        // Not bounded here: a migration may rightly take long, and cutting one short would only
+        // start it over (`migrate` bounds reaching Postgres itself).
+        Store::Postgres => Ok(postgres::migrate(&settings.database_url)
+            .await
+            .map_err(StoreError::from)?),
+        Store::Redis => bounded(stores.stock.ping()).await,
+        Store::Mongodb => {
+            bounded(async {
                 stores.docs.ensure_indexes().await?;
                 OrderHistory::new(stores.docs.database())
                     .ensure_indexes()
-                    .await?;
-            }
-            Store::Rabbitmq => stores.broker.ping().await?,
+                    .await
+            })
+            .await
         }
-        Ok::<_, StoreError>(())
-    };
+        Store::Rabbitmq => bounded(stores.broker.ping()).await,
+    }
+}
+
+/// `attempt`, failed if it takes longer than [`ATTEMPT`].
+async fn bounded(attempt: impl Future<Output = Result<(), StoreError>>) -> Result<(), SetupError> {
     tokio::time::timeout(ATTEMPT, attempt)
         .await
         .map_err(|_| SetupError::TimedOut)?

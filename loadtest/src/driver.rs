@@ -4,6 +4,7 @@
 //! delays the requests behind it is counted against them too (no coordinated omission).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -69,18 +70,19 @@ pub async fn drive<L: Iteration>(
 ) -> Driven {
     let mut tasks = JoinSet::new();
     let mut started = 0u64;
+    // Counted as each iteration ends, so a user still running when the drain runs out loses
+    // only the iteration in flight from the count.
+    let finished = Arc::new(AtomicU64::new(0));
     match model {
         Model::Closed { users } => {
             for user in 0..users {
-                let load = load.clone();
+                let (load, finished) = (load.clone(), finished.clone());
                 let mut rng = StdRng::seed_from_u64(seed.wrapping_add(user as u64));
                 tasks.spawn(async move {
-                    let mut iterations = 0u64;
                     while Instant::now() < until {
                         load.run(&mut rng, Instant::now()).await;
-                        iterations += 1;
+                        finished.fetch_add(1, Ordering::Relaxed);
                     }
-                    iterations
                 });
             }
         }
@@ -103,7 +105,6 @@ pub async fn drive<L: Iteration>(
                 tasks.spawn(async move {
                     let _permit = permits.acquire_owned().await;
                     load.run(&mut rng, intended).await;
-                    1
                 });
                 started += 1;
                 // Reap finished iterations as we go so the set does not grow with the run.
@@ -115,16 +116,13 @@ pub async fn drive<L: Iteration>(
     }
     // The drain is measured from `until`, not from now: in the closed model this point comes
     // right after the users start, and a drain timed from here cut every run at its length.
-    let mut finished = 0;
     let _ = tokio::time::timeout_at((until + drain).into(), async {
-        while let Some(done) = tasks.join_next().await {
-            finished += done.unwrap_or(0);
-        }
+        while tasks.join_next().await.is_some() {}
     })
     .await;
     Driven {
         iterations: match model {
-            Model::Closed { .. } => finished,
+            Model::Closed { .. } => finished.load(Ordering::Relaxed),
             Model::Open { .. } => started,
         },
         abandoned: tasks.len(),
@@ -152,8 +150,6 @@ impl Iteration for scenario::Load {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     use super::*;
 
     /// An iteration that takes 10 ms and counts when the last one started.

@@ -12,6 +12,7 @@ use orderly_loadtest::run::{RunConfig, run};
 use orderly_loadtest::scale::scale;
 use orderly_loadtest::scenario::Scenario;
 use orderly_loadtest::system::{Layout, StoreUrls};
+use orderly_loadtest::verify::Verification;
 
 /// Concurrent load against orderly, then a verification of every invariant. Exits 1 when an
 /// invariant is violated or the load did not cover the measured window, 2 when the run itself
@@ -61,9 +62,10 @@ struct ChaosArgs {
     /// Seeds the fault schedule and the clients.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// `services`: stop and freeze the real servers (only on a machine nobody else uses);
-    /// `proxy`: break the links through proxies of the run's own.
-    #[arg(long, value_enum, default_value = "services")]
+    /// `proxy`: break the links through proxies of the run's own (touches nothing shared);
+    /// `services`: restart Postgres, stop RabbitMQ and freeze MongoDB themselves, for every user
+    /// of this machine (asked for by name, never by default).
+    #[arg(long, value_enum, default_value = "proxy")]
     faults: FaultMode,
     /// Seconds a fault lasts at most.
     #[arg(long, default_value_t = 12.0)]
@@ -226,8 +228,9 @@ impl LoadArgs {
     }
 }
 
-fn verdict(report: &Report, out: &std::path::Path) -> bool {
-    for check in report.verification.violations() {
+/// Names every violated check on stderr, with its examples.
+fn print_violations(verification: &Verification) {
+    for check in verification.violations() {
         eprintln!(
             "VIOLATION {}: {} ({} of {})",
             check.name, check.invariant, check.violations, check.checked
@@ -236,6 +239,10 @@ fn verdict(report: &Report, out: &std::path::Path) -> bool {
             eprintln!("    {example}");
         }
     }
+}
+
+fn verdict(report: &Report, out: &std::path::Path) -> bool {
+    print_violations(&report.verification);
     match &report.throughput {
         Some(t) => eprintln!(
             "{}: {:.1} sagas completed/s, {:.0} requests/s; report in {}",
@@ -277,15 +284,7 @@ async fn main() -> ExitCode {
             Ok(config) => {
                 let out = config.out_dir.clone();
                 orderly_loadtest::chaos::chaos(config).await.map(|report| {
-                    for check in report.verification.violations() {
-                        eprintln!(
-                            "VIOLATION {}: {} ({} of {})",
-                            check.name, check.invariant, check.violations, check.checked
-                        );
-                        for example in &check.examples {
-                            eprintln!("    {example}");
-                        }
-                    }
+                    print_violations(&report.verification);
                     eprintln!(
                         "chaos: {} faults, {} orders accepted, {}; report in {}",
                         report.faults.len(),

@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 pub enum Link {
     /// Carries them.
     Up,
-    /// Carries each chunk after this delay.
+    /// Holds each chunk this long before carrying it: a congested link, slower the more it
+    /// carries.
     Slow(Duration),
     /// Carries nothing and keeps connections open; new ones are accepted and left waiting.
     Frozen,
@@ -87,7 +88,15 @@ async fn accept(
     link: Arc<watch::Sender<Link>>,
     resets: Arc<watch::Sender<u64>>,
 ) {
-    while let Ok((client, _)) = listener.accept().await {
+    loop {
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            // Out of file descriptors, say: the link stays, and the next accept may pass.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         if *link.borrow() == Link::Cut {
             let _ = client.set_zero_linger();
             continue;
@@ -105,34 +114,66 @@ async fn accept(
     }
 }
 
-/// Pumps bytes both ways until either side closes, the link is cut or a reset comes; then
-/// resets both sides, so each sees its peer vanish as it would on a real failure.
+/// How one direction of a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Its sender closed (or failed); the close was passed on.
+    Closed,
+    /// The link was cut.
+    Cut,
+}
+
+/// Pumps bytes both ways. A side that closes has its close passed on (the other side may still
+/// answer, as after Postgres's last error message); a cut link or a reset resets both sides,
+/// so each sees its peer vanish as it would on a real failure.
 async fn carry(
-    client: TcpStream,
-    server: TcpStream,
+    mut client: TcpStream,
+    mut server: TcpStream,
     link: watch::Receiver<Link>,
     mut resets: watch::Receiver<u64>,
 ) {
-    let _ = client.set_zero_linger();
-    let _ = server.set_zero_linger();
-    let (client_read, client_write) = client.into_split();
-    let (server_read, server_write) = server.into_split();
-    tokio::select! {
-        _ = pump(client_read, server_write, link.clone()) => {}
-        _ = pump(server_read, client_write, link) => {}
-        _ = resets.changed() => {}
+    let reset = {
+        let (mut from_client, mut to_client) = client.split();
+        let (mut from_server, mut to_server) = server.split();
+        let up = pump(&mut from_client, &mut to_server, link.clone());
+        let down = pump(&mut from_server, &mut to_client, link);
+        tokio::pin!(up, down);
+        let (mut up_open, mut down_open) = (true, true);
+        loop {
+            tokio::select! {
+                end = &mut up, if up_open => {
+                    if end == End::Cut { break true }
+                    up_open = false;
+                }
+                end = &mut down, if down_open => {
+                    if end == End::Cut { break true }
+                    down_open = false;
+                }
+                _ = resets.changed() => break true,
+            }
+            if !up_open && !down_open {
+                break false;
+            }
+        }
+    };
+    if reset {
+        let _ = client.set_zero_linger();
+        let _ = server.set_zero_linger();
     }
 }
 
 async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    from: &mut tokio::net::tcp::ReadHalf<'_>,
+    to: &mut tokio::net::tcp::WriteHalf<'_>,
     mut link: watch::Receiver<Link>,
-) {
+) -> End {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return End::Closed;
+            }
             Ok(n) => n,
         };
         loop {
@@ -143,16 +184,16 @@ async fn pump(
                     tokio::time::sleep(delay).await;
                     break;
                 }
-                Link::Cut => return,
+                Link::Cut => return End::Cut,
                 Link::Frozen => {
                     if link.changed().await.is_err() {
-                        return;
+                        return End::Cut;
                     }
                 }
             }
         }
         if to.write_all(&buffer[..n]).await.is_err() {
-            return;
+            return End::Closed;
         }
     }
 }
@@ -250,6 +291,25 @@ mod tests {
         let mut answer = [0u8; 4];
         stream.read_exact(&mut answer).await?;
         Ok(answer.to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_close_is_passed_on_after_the_last_bytes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            // Like Postgres's last error message, then its close.
+            socket.write_all(b"goodbye").await.unwrap();
+        });
+        let proxy = Proxy::start(addr).await.unwrap();
+        let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut said = Vec::new();
+        stream.read_to_end(&mut said).await.unwrap();
+        assert_eq!(
+            said, b"goodbye",
+            "the bytes and then a clean end, not a reset"
+        );
     }
 
     #[tokio::test]

@@ -363,6 +363,20 @@ impl System {
         Ok(())
     }
 
+    /// Stops every process (see [`Self::stop`]) and judges how: every one must drain and exit
+    /// 0 on SIGTERM.
+    pub async fn stop_checked(&mut self) -> crate::verify::Check {
+        let mut shutdown = crate::verify::Check::new(
+            "clean_shutdown",
+            "every orderly process drains and exits 0 on SIGTERM",
+        );
+        shutdown.checked = 1;
+        for problem in self.stop().await {
+            shutdown.violate(|| problem);
+        }
+        shutdown
+    }
+
     /// SIGTERM to every process, then waits for each to drain (SIGKILL after 30 s).
     pub async fn stop(&mut self) -> Vec<String> {
         let mut problems = Vec::new();

@@ -48,10 +48,13 @@ pub enum Expected {
     /// rebuild writes no record, so the command's redelivery or retry runs the script on the
     /// rebuilt counters; no reply can be on its way, since the answer is recorded with its reply.
     Undecided,
-    /// A release in flight: it may have run or not, so held or released are both right. A
+    /// A release in flight: it may have run or not, so released is right, and so is what the
+    /// reserve left before it: held, refused, or — with no answer recorded — anything. A
     /// rebuild writes released: the release replays as a no-op, and a reply already on its way
     /// says the same.
-    Releasing,
+    Releasing {
+        decided: Option<Record>,
+    },
 }
 
 impl Expected {
@@ -60,7 +63,7 @@ impl Expected {
         match self {
             Self::Absent | Self::Undecided => None,
             Self::Settled(record) => Some(record),
-            Self::Releasing => Some(Record::Released),
+            Self::Releasing { .. } => Some(Record::Released),
         }
     }
 
@@ -69,8 +72,10 @@ impl Expected {
         match self {
             Self::Absent => found.is_none(),
             Self::Settled(record) => found == Some(record),
-            Self::Undecided => true,
-            Self::Releasing => matches!(found, Some(Record::Reserved | Record::Released)),
+            Self::Undecided | Self::Releasing { decided: None } => true,
+            Self::Releasing {
+                decided: Some(decided),
+            } => found == Some(Record::Released) || found == Some(decided),
         }
     }
 }
@@ -91,9 +96,11 @@ pub fn expected(
         (StepStatus::Pending | StepStatus::Skipped, _) => Expected::Absent,
         (StepStatus::Running, _) => decided.map_or(Expected::Undecided, Expected::Settled),
         (StepStatus::Failed, _) => Expected::Settled(Record::Rejected),
-        (StepStatus::Compensating, _) | (StepStatus::Succeeded, Some(StepStatus::Running)) => {
-            Expected::Releasing
-        }
+        (StepStatus::Compensating, _) => Expected::Releasing { decided },
+        // A confirmed order's reserve was granted, whatever was recorded of it.
+        (StepStatus::Succeeded, Some(StepStatus::Running)) => Expected::Releasing {
+            decided: Some(Record::Reserved),
+        },
         (StepStatus::Compensated, _) | (StepStatus::Succeeded, Some(StepStatus::Succeeded)) => {
             Expected::Settled(Record::Released)
         }
@@ -202,13 +209,24 @@ mod tests {
     }
 
     #[test]
-    fn a_release_in_flight_accepts_held_or_released_but_not_missing() {
+    fn a_release_in_flight_accepts_what_the_reserve_left_or_released() {
         let e = expected(StepStatus::Compensating, Some(Record::Reserved), None);
         assert_eq!(e.rebuilt(), Some(Record::Released));
         assert!(e.accepts(Some(Record::Reserved)));
         assert!(e.accepts(Some(Record::Released)));
         assert!(!e.accepts(None));
         assert!(!e.accepts(Some(Record::Rejected)));
+
+        let refused = expected(StepStatus::Compensating, Some(Record::Rejected), None);
+        assert!(refused.accepts(Some(Record::Rejected)));
+        assert!(refused.accepts(Some(Record::Released)));
+        assert!(!refused.accepts(Some(Record::Reserved)));
+
+        // With no answer recorded the reserve may not have run, or may have run unrecorded.
+        let unknown = expected(StepStatus::Compensating, None, None);
+        for found in [None, Some(Record::Reserved), Some(Record::Released)] {
+            assert!(unknown.accepts(found));
+        }
     }
 
     #[test]

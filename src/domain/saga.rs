@@ -374,6 +374,9 @@ pub struct Transition {
     /// The event did not apply to the saga as it is now (a stale or duplicate reply, a deadline
     /// already met). It is recorded and changes nothing.
     pub stale: bool,
+    /// The event itself did not apply, though taking a recorded cancel on its arrival changed
+    /// the saga (`stale` is then false): it is recorded as stale all the same.
+    pub event_stale: bool,
     pub commands: Vec<Command>,
     pub facts: Vec<Fact>,
     pub order: Option<OrderChange>,
@@ -387,6 +390,7 @@ impl Transition {
     fn stale() -> Self {
         Self {
             stale: true,
+            event_stale: true,
             ..Self::default()
         }
     }
@@ -485,10 +489,14 @@ impl Saga {
         let applied = match event {
             SagaEvent::Reply(reply) => self.on_reply(reply, now, policy),
             // Taken above, or by an event before it.
-            SagaEvent::Cancel => Transition::stale(),
+            SagaEvent::Cancel => return taken,
             SagaEvent::DeadlinePassed => self.on_deadline(now, policy),
         };
-        taken.then(applied)
+        let event_stale = applied.stale;
+        Transition {
+            event_stale,
+            ..taken.then(applied)
+        }
     }
 
     /// Whether nothing is left for a customer's cancel to do: a cancellation saga is the cancel,

@@ -99,7 +99,16 @@ impl Orchestrator {
             if !sagas::save(&mut tx, saga_id, &saga, row.version).await? {
                 continue;
             }
-            sagas::log(&mut tx, saga_id, cause.label, cause.message_id, false).await?;
+            // A reply that arrived to find a recorded cancel took that cancel, but itself applied
+            // to nothing: logged (and counted) as the stale reply it is.
+            sagas::log(
+                &mut tx,
+                saga_id,
+                cause.label,
+                cause.message_id,
+                transition.event_stale,
+            )
+            .await?;
 
             let trace = messaging::child_traceparent(cause.traceparent);
             let mut outgoing = Vec::new();
@@ -143,6 +152,9 @@ impl Orchestrator {
             }
             outbox::enqueue(&mut tx, &outgoing).await?;
             tx.commit().await?;
+            if transition.event_stale && matches!(event, SagaEvent::Reply(_)) {
+                self.context.metrics.stale_replies.inc();
+            }
             self.observe(&saga, &transition, started);
             return Ok(());
         }

@@ -50,8 +50,11 @@ impl fmt::Display for Drift {
                 match expected {
                     Expected::Absent => "none",
                     Expected::Settled(record) => record.as_str(),
-                    Expected::Undecided => "any",
-                    Expected::Releasing => "reserved or released",
+                    Expected::Undecided | Expected::Releasing { decided: None } => "any",
+                    Expected::Releasing {
+                        decided: Some(Record::Rejected),
+                    } => "rejected or released",
+                    Expected::Releasing { .. } => "reserved or released",
                 }
             ),
             Self::Counters {
@@ -118,7 +121,9 @@ impl Reconciler {
             // whatever Redis's record says is right.
             let holds = match expected {
                 Expected::Settled(settled) => settled == Record::Reserved,
-                Expected::Undecided | Expected::Releasing => record == Some(Record::Reserved),
+                Expected::Undecided | Expected::Releasing { .. } => {
+                    record == Some(Record::Reserved)
+                }
                 Expected::Absent => false,
             };
             if holds {

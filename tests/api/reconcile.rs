@@ -72,6 +72,16 @@ async fn lose_redis_data(app: &TestApp) {
     }
 }
 
+/// An app running every role but the orchestrator: replies wait in its queue, each saga's step
+/// still running.
+async fn without_orchestrator() -> TestApp {
+    let roles: Vec<Role> = Role::ALL
+        .into_iter()
+        .filter(|r| *r != Role::Orchestrator)
+        .collect();
+    spawn_app_with_roles(&[], &roles).await
+}
+
 /// Waits until the inventory role has recorded what `reserve.lua` answered for the order: its
 /// reply is then on its way to the saga.
 async fn decided(app: &TestApp, order: &str, outcome: &str) {
@@ -175,11 +185,7 @@ async fn redis_is_rebuilt_exactly_from_postgres_after_losing_its_data() {
 async fn a_reservation_whose_reply_is_still_queued_survives_the_rebuild() {
     // No orchestrator: the reserve lands and its `stock_reserved` reply waits in the queue, the
     // saga's step still running.
-    let no_orchestrator: Vec<Role> = Role::ALL
-        .into_iter()
-        .filter(|r| *r != Role::Orchestrator)
-        .collect();
-    let mut app = spawn_app_with_roles(&[], &no_orchestrator).await;
+    let mut app = without_orchestrator().await;
     let product = app.create_product(PRICE, 4).await;
     let (_, token) = app.create_customer(1_000_000).await;
     let order = id(&app
@@ -211,11 +217,7 @@ async fn a_reservation_whose_reply_is_still_queued_survives_the_rebuild() {
 #[tokio::test]
 async fn a_reserve_refused_while_its_reply_is_still_queued_is_rebuilt_as_refused() {
     // No orchestrator: both answers wait in the queue, both sagas' reserve steps still running.
-    let no_orchestrator: Vec<Role> = Role::ALL
-        .into_iter()
-        .filter(|r| *r != Role::Orchestrator)
-        .collect();
-    let mut app = spawn_app_with_roles(&[], &no_orchestrator).await;
+    let mut app = without_orchestrator().await;
     let product = app.create_product(PRICE, 4).await;
     let (_, token) = app.create_customer(1_000_000).await;
     let kept = id(&app.place_order(&token, "kept", &[(product, 3)]).await.body);

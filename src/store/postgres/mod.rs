@@ -13,7 +13,7 @@ pub mod stock_ledger;
 use std::time::Duration;
 
 use sqlx::{
-    PgPool,
+    Connection, PgConnection, PgPool,
     migrate::MigrateDatabase,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
@@ -37,18 +37,40 @@ pub fn pool(settings: &Settings, size: u32) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(options.application_name("orderly")))
 }
 
-/// Creates the database when missing, then applies every pending migration through `pool`.
-pub async fn migrate(database_url: &str, pool: &PgPool) -> Result<(), sqlx::Error> {
-    if !sqlx::Postgres::database_exists(database_url).await? {
-        // Two processes may race here on a fresh machine; the loser's "already exists" is fine.
-        if let Err(e) = sqlx::Postgres::create_database(database_url).await
-            && !sqlx::Postgres::database_exists(database_url).await?
-        {
-            return Err(e);
+/// Creates the database when missing, then applies every pending migration.
+///
+/// On a connection of its own, not the pool's: sqlx holds a session advisory lock while it
+/// migrates and releases it only on success, so a pooled connection would keep the lock after a
+/// failure, and every other process would wait on it. This connection closes on every path,
+/// failure and cancellation included, and its lock with it. Only reaching Postgres is bounded
+/// in time; a long migration (an index on a big table) is left to finish, while waiting for
+/// another process's lock gives up after `lock_timeout` and is retried.
+pub async fn migrate(database_url: &str) -> Result<(), sqlx::Error> {
+    let connect = async {
+        if !sqlx::Postgres::database_exists(database_url).await? {
+            // Two processes may race here on a fresh machine; the loser's "already exists" is
+            // fine.
+            if let Err(e) = sqlx::Postgres::create_database(database_url).await
+                && !sqlx::Postgres::database_exists(database_url).await?
+            {
+                return Err(e);
+            }
         }
+        PgConnection::connect(database_url).await
+    };
+    let mut conn = tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    let migrated = async {
+        sqlx::query("SET lock_timeout = '15s'")
+            .execute(&mut conn)
+            .await?;
+        MIGRATOR.run_direct(&mut conn).await?;
+        Ok(())
     }
-    MIGRATOR.run(pool).await?;
-    Ok(())
+    .await;
+    let _ = conn.close().await;
+    migrated
 }
 
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {

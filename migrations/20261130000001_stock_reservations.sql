@@ -1,7 +1,3 @@
--- Checkout's per-customer bound counts a customer's pending orders: this keeps that count's cost
--- to the orders in flight, not every order the customer ever placed.
-CREATE INDEX orders_pending_by_customer ON orders (customer_id) WHERE status = 'pending';
-
 -- What reserve.lua answered for each order, written by the inventory role in the transaction
 -- that queues its reply. A reply on its way (in the outbox or a queue) therefore always has its
 -- row here, so `orderly reconcile` rebuilds a reserve the saga has not heard back from exactly:
