@@ -39,6 +39,8 @@ pub struct Settings {
     pub step_max_attempts: u32,
     /// How often the orchestrator looks for sagas past their deadline.
     pub sweep_interval: Duration,
+    /// How long the log of an ended saga is kept; `None` keeps it for good.
+    pub saga_log_retention: Option<Duration>,
     /// Outbox rows the relay publishes per transaction.
     pub relay_batch: i64,
     /// How often the relay polls the outbox when no notification woke it.
@@ -159,6 +161,10 @@ impl Settings {
             step_timeout: Duration::from_millis(parse(vars, "ORDERLY_STEP_TIMEOUT_MS", 10_000)?),
             step_max_attempts: parse(vars, "ORDERLY_STEP_MAX_ATTEMPTS", 3)?,
             sweep_interval: Duration::from_millis(parse(vars, "ORDERLY_SWEEP_INTERVAL_MS", 1_000)?),
+            saga_log_retention: match parse::<u64>(vars, "ORDERLY_SAGA_LOG_RETENTION_DAYS", 7)? {
+                0 => None,
+                days => Some(Duration::from_secs(days * 86_400)),
+            },
             relay_batch: parse(vars, "ORDERLY_RELAY_BATCH", 500)?,
             relay_poll_interval: Duration::from_millis(parse(vars, "ORDERLY_RELAY_POLL_MS", 500)?),
             worker_metrics_addr: match vars

@@ -5,7 +5,10 @@
 //! and the history events. When another writer moved the saga or the order first, the
 //! transaction is dropped and the event is decided again on what is there now.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use chrono::Utc;
 use serde_json::json;
@@ -28,6 +31,11 @@ use super::RoleContext;
 const CONSUMER: &str = "orchestrator";
 /// Times an event is decided again after losing a version race before it is retried later.
 const MAX_RACES: usize = 20;
+/// How often a sweeper prunes the inbox and the saga log.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How long message ids are kept for dedupe: far past any redelivery or retry (minutes), and
+/// every effect is idempotent per order besides.
+const INBOX_RETENTION: Duration = Duration::from_secs(86_400);
 
 /// What caused an event, for the inbox, the log and the trace.
 struct Cause<'a> {
@@ -233,28 +241,45 @@ impl Orchestrator {
         }
     }
 
-    /// Every `sweep_interval`, drives the sagas whose deadline passed; now and then forgets old
-    /// inbox rows. Any number of orchestrators may sweep: the saga's version picks one winner.
+    /// Every `sweep_interval`, drives the sagas whose deadline passed; every [`PRUNE_EVERY`]
+    /// forgets what the retention no longer keeps. Any number of orchestrators may sweep: the
+    /// saga's version picks one winner (and pruning twice deletes nothing twice).
     pub async fn run_sweeper(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let interval = self.context.settings.sweep_interval;
-        let mut passes: u64 = 0;
+        let mut pruned_at: Option<Instant> = None;
         loop {
             match self.sweep().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(sagas = n, "drove sagas past their deadline"),
                 Err(e) => tracing::warn!(error = %e, "deadline sweep failed; will retry"),
             }
-            passes += 1;
-            if passes.is_multiple_of(600)
-                && let Err(e) =
-                    inbox::prune(&self.context.stores.pg, Duration::from_secs(86_400)).await
-            {
-                tracing::warn!(error = %e, "could not prune the inbox");
+            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                self.prune().await;
+                pruned_at = Some(Instant::now());
             }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
+        }
+    }
+
+    /// Deletes inbox ids past [`INBOX_RETENTION`] and the log of ended sagas past the saga log's
+    /// retention, so both tables hold the work of days, not of the system's whole life.
+    pub async fn prune(&self) {
+        let pg = &self.context.stores.pg;
+        match inbox::prune(pg, INBOX_RETENTION).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned the inbox"),
+            Err(e) => tracing::warn!(error = %e, "could not prune the inbox"),
+        }
+        let Some(retention) = self.context.settings.saga_log_retention else {
+            return;
+        };
+        match sagas::prune_log(pg, retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned the saga log"),
+            Err(e) => tracing::warn!(error = %e, "could not prune the saga log"),
         }
     }
 

@@ -16,6 +16,7 @@ mod processes;
 mod products;
 mod reconcile;
 mod reservations;
+mod retention;
 mod reviews;
 mod seed;
 mod stock;

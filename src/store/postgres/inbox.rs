@@ -24,12 +24,14 @@ pub async fn claim(
 }
 
 /// Forgets ids older than `age`: by then no copy of the message is still in flight (retries
-/// give up after minutes) and every effect is also idempotent per order.
+/// give up after minutes) and every effect is also idempotent per order. Deletes in slices of
+/// `super::PRUNE_SLICE` rows, each its own short transaction; returns how many went.
 pub async fn prune(pool: &PgPool, age: Duration) -> Result<u64, sqlx::Error> {
-    let done =
-        sqlx::query("DELETE FROM inbox WHERE processed_at < now() - make_interval(secs => $1)")
-            .bind(age.as_secs_f64())
-            .execute(pool)
-            .await?;
-    Ok(done.rows_affected())
+    super::prune_in_slices(
+        pool,
+        "DELETE FROM inbox WHERE ctid = ANY(ARRAY(SELECT ctid FROM inbox \
+             WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2))",
+        age,
+    )
+    .await
 }

@@ -73,6 +73,28 @@ pub async fn migrate(database_url: &str) -> Result<(), sqlx::Error> {
     migrated
 }
 
+/// Rows a retention deletes per statement: small enough that no delete holds locks or builds a
+/// backlog of dead rows for long.
+const PRUNE_SLICE: i64 = 5_000;
+
+/// Runs `delete` (binding an age in seconds as `$1` and [`PRUNE_SLICE`] as `$2`) until a slice
+/// comes back short; returns how many rows went.
+async fn prune_in_slices(pool: &PgPool, delete: &str, age: Duration) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let done = sqlx::query(delete)
+            .bind(age.as_secs_f64())
+            .bind(PRUNE_SLICE)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += done;
+        if done < PRUNE_SLICE as u64 {
+            return Ok(total);
+        }
+    }
+}
+
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(drop)
 }

@@ -178,6 +178,20 @@ pub async fn log(
         .map(drop)
 }
 
+/// Forgets the log of sagas that ended, entry by entry as each grows older than `age`; the
+/// log of a saga still running is kept whole. Returns how many entries went.
+pub async fn prune_log(pool: &PgPool, age: std::time::Duration) -> Result<u64, sqlx::Error> {
+    super::prune_in_slices(
+        pool,
+        "DELETE FROM saga_log WHERE ctid = ANY(ARRAY( \
+             SELECT l.ctid FROM saga_log l JOIN sagas s ON s.id = l.saga_id \
+              WHERE l.at < now() - make_interval(secs => $1) AND s.finished_at IS NOT NULL \
+              LIMIT $2))",
+        age,
+    )
+    .await
+}
+
 /// Sagas whose step deadline has passed, as `(saga, order)`, oldest deadline first.
 pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
     sqlx::query_as(
