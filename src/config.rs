@@ -7,6 +7,8 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use thiserror::Error;
 
+use crate::messaging::consumer::Batching;
+
 /// The admin token used when `ORDERLY_DEV_MODE=true` and no `ORDERLY_ADMIN_TOKEN` is set.
 /// Documented in the README; never used outside dev mode.
 pub const DEV_ADMIN_TOKEN: &str = "orderly-dev-admin-token";
@@ -31,8 +33,10 @@ pub struct Settings {
     pub amqp_url: String,
     /// Prefix of every exchange and queue name; tests give each app its own.
     pub amqp_prefix: String,
-    /// Messages each consumer may hold unacked at once.
+    /// Messages each consumer may hold unacked at once: the batch in hand and the next.
     pub prefetch: u16,
+    /// How consumers group deliveries into batches.
+    pub batching: Batching,
     /// How long a saga step may take before its command is sent again (doubling per retry).
     pub step_timeout: Duration,
     /// Attempts of a checkout step before the saga gives up with `timed_out`.
@@ -157,7 +161,11 @@ impl Settings {
             mongodb_database: get("ORDERLY_MONGODB_DATABASE", "orderly"),
             amqp_url: get("ORDERLY_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             amqp_prefix: get("ORDERLY_AMQP_PREFIX", "orderly"),
-            prefetch: parse(vars, "ORDERLY_PREFETCH", 32)?,
+            prefetch: parse(vars, "ORDERLY_PREFETCH", 256)?,
+            batching: Batching {
+                size: parse::<usize>(vars, "ORDERLY_BATCH_SIZE", 100)?.max(1),
+                linger: Duration::from_millis(parse(vars, "ORDERLY_BATCH_LINGER_MS", 2)?),
+            },
             step_timeout: Duration::from_millis(parse(vars, "ORDERLY_STEP_TIMEOUT_MS", 10_000)?),
             step_max_attempts: parse(vars, "ORDERLY_STEP_MAX_ATTEMPTS", 3)?,
             sweep_interval: Duration::from_millis(parse(vars, "ORDERLY_SWEEP_INTERVAL_MS", 1_000)?),

@@ -6,6 +6,7 @@
 pub mod customer;
 pub mod money;
 pub mod order;
+pub mod payment;
 pub mod product;
 pub mod reservation;
 pub mod review;

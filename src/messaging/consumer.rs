@@ -1,13 +1,19 @@
-//! The consumer loop every role shares: decode, trace, handle, then ack — or retry later, or
-//! dead-letter with the reason. A role only says what one message does.
+//! The consumer loop every role shares: take a batch, decode, handle, then ack — or retry
+//! later, or dead-letter with the reason. A role says what one message does and, where it pays,
+//! how a batch of them is done at once.
 //!
-//! The ack is sent only after the handler returned, that is after its effect was committed, so
-//! a crash in between redelivers the message; handlers are idempotent (inbox rows or the Lua
-//! scripts' own records) and the copy changes nothing.
+//! A batch is what is waiting: up to [`Batching::size`] deliveries, or what arrived within
+//! [`Batching::linger`] of the first. The handler decides every message of it (set-based where it
+//! can: one transaction, one Redis round trip, one `insert_many`) and returns an outcome per
+//! message; a message that failed is retried or dead-lettered on its own, never the batch. The
+//! batch is then acked with one `multiple` ack, only after every effect was committed, so a crash
+//! in between redelivers it; handlers are idempotent (inbox rows or the Lua scripts' own
+//! records) and the copies change nothing. Batches of one consumer run one after another, which
+//! is what makes the `multiple` ack safe; the next batch waits in the prefetch meanwhile.
 
 use std::{future::Future, sync::Arc};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use lapin::{
     BasicProperties, Connection,
     message::Delivery,
@@ -17,6 +23,7 @@ use lapin::{
 use thiserror::Error;
 use tokio::sync::watch;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use super::{
     envelope::Envelope,
@@ -65,9 +72,28 @@ impl From<sqlx::Error> for HandleError {
     }
 }
 
-/// What a role does with one message.
+/// What a role does with one message, and with several at once.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, envelope: Envelope) -> impl Future<Output = Result<(), HandleError>> + Send;
+
+    /// Handles messages taken together, in delivery order; returns one outcome per message, in
+    /// the same order. The default handles them one by one, all at the same time (as many as
+    /// the batch holds); a role overrides it where set-based statements pay.
+    fn handle_batch(
+        &self,
+        batch: Vec<Envelope>,
+    ) -> impl Future<Output = Vec<Result<(), HandleError>>> + Send {
+        futures::future::join_all(batch.into_iter().map(|envelope| self.handle(envelope)))
+    }
+}
+
+/// How a consumer groups deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Deliveries handled together at most.
+    pub size: usize,
+    /// How long after the first delivery a batch waits for more before it is handled.
+    pub linger: std::time::Duration,
 }
 
 #[derive(Debug, Error)]
@@ -78,14 +104,16 @@ pub enum ConsumeError {
     Publish(#[from] PublishError),
 }
 
-/// Consumes `queue` with at most `prefetch` messages in flight until `shutdown` turns true,
-/// then finishes the messages in flight and returns. Returns an error when the connection is
-/// lost; the caller reconnects.
+/// Consumes `queue` in batches, with at most `prefetch` messages delivered and not yet acked,
+/// until `shutdown` turns true, then finishes the batch in hand and returns. Returns an error
+/// when the connection is lost; the caller reconnects.
+#[allow(clippy::too_many_arguments)] // the consumer's whole configuration, each read once
 pub async fn consume<H: Handler>(
     connection: &Connection,
     topology: &Topology,
     queue: Queue,
     prefetch: u16,
+    batching: Batching,
     handler: Arc<H>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
@@ -112,15 +140,27 @@ pub async fn consume<H: Handler>(
         publisher: &publisher,
         metrics: &metrics,
     };
-    let outcome = consumer
-        .take_until(stop)
-        .map_err(ConsumeError::from)
-        .try_for_each_concurrent(usize::from(prefetch), |delivery| {
-            let handler = handler.clone();
-            let context = &context;
-            async move { context.process(delivery, handler.as_ref()).await }
-        })
-        .await;
+    let mut deliveries = std::pin::pin!(consumer.take_until(stop));
+    let outcome = async {
+        while let Some(first) = deliveries.next().await {
+            let mut batch = vec![first?];
+            let linger = tokio::time::sleep(batching.linger);
+            tokio::pin!(linger);
+            while batch.len() < batching.size.max(1) {
+                tokio::select! {
+                    biased;
+                    next = deliveries.next() => match next {
+                        Some(delivery) => batch.push(delivery?),
+                        None => break,
+                    },
+                    _ = &mut linger => break,
+                }
+            }
+            context.process(batch, handler.as_ref()).await?;
+        }
+        Ok(())
+    }
+    .await;
     // Messages prefetched but not started go back to the queue when the channel closes.
     let _ = channel.close(200, "stopping").await;
     publisher.close().await;
@@ -135,76 +175,105 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// Handles one batch and acks it whole, once every message is done: handled, or moved to a
+    /// retry or dead-letter queue.
     async fn process(
         &self,
-        delivery: Delivery,
+        batch: Vec<Delivery>,
         handler: &impl Handler,
     ) -> Result<(), ConsumeError> {
         let labels = QueueLabels {
             queue: self.queue.as_str(),
         };
-        self.metrics.messages_consumed.get_or_create(&labels).inc();
-        if delivery.redelivered {
+        self.metrics
+            .messages_consumed
+            .get_or_create(&labels)
+            .inc_by(batch.len() as u64);
+        let redelivered = batch.iter().filter(|d| d.redelivered).count();
+        if redelivered > 0 {
             self.metrics
                 .messages_redelivered
                 .get_or_create(&labels)
-                .inc();
+                .inc_by(redelivered as u64);
         }
-        let envelope = match serde_json::from_slice::<Envelope>(&delivery.data) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                return self
-                    .dead_letter(&delivery, &format!("malformed message: {e}"))
-                    .await;
-            }
-        };
-        let span = tracing::info_span!(
-            "message",
-            queue = self.queue.as_str(),
-            kind = envelope.body.kind(),
-            message_id = %envelope.message_id,
-            order_id = %envelope.order_id,
-            saga_id = %envelope.saga_id,
-            attempt = envelope.attempt,
-            traceparent = envelope.traceparent.as_deref().unwrap_or(""),
-        );
-        let sent_once = envelope.body.is_sent_once();
-        match handler.handle(envelope).instrument(span.clone()).await {
-            Ok(()) => {}
-            Err(HandleError::Permanent(reason)) => {
-                span.in_scope(|| tracing::error!(%reason, "dead-lettering a message"));
-                return self.dead_letter(&delivery, &reason).await;
-            }
-            Err(HandleError::Transient(reason)) => {
-                let failures = failures(&delivery.properties) + 1;
-                if failures >= MAX_FAILURES && !sent_once {
-                    span.in_scope(|| tracing::error!(%reason, failures, "giving up on a message"));
-                    return self
-                        .dead_letter(&delivery, &format!("failed {failures} times: {reason}"))
-                        .await;
+        let mut decoded = Vec::with_capacity(batch.len());
+        let mut envelopes = Vec::with_capacity(batch.len());
+        for delivery in &batch {
+            match serde_json::from_slice::<Envelope>(&delivery.data) {
+                Ok(envelope) => {
+                    decoded.push(delivery);
+                    envelopes.push(envelope);
                 }
-                span.in_scope(|| tracing::warn!(%reason, failures, "will retry a message"));
-                let properties = with_header(
-                    delivery.properties.clone(),
-                    FAILURES_HEADER,
-                    AMQPValue::LongLongInt(i64::from(failures)),
-                );
-                self.publisher
-                    .to_queue(
-                        &self.topology.retry_queue(self.queue, failures),
-                        &delivery.data,
-                        properties,
-                    )
-                    .await?;
-                self.metrics.messages_retried.get_or_create(&labels).inc();
+                Err(e) => {
+                    self.dead_letter(delivery, &format!("malformed message: {e}"))
+                        .await?;
+                }
             }
         }
-        delivery.ack(BasicAckOptions::default()).await?;
+        let facts: Vec<(Uuid, Uuid, Uuid, bool)> = envelopes
+            .iter()
+            .map(|e| (e.message_id, e.order_id, e.saga_id, e.body.is_sent_once()))
+            .collect();
+        let span = tracing::info_span!("batch", queue = self.queue.as_str(), size = facts.len());
+        let outcomes = if envelopes.is_empty() {
+            Vec::new()
+        } else {
+            handler.handle_batch(envelopes).instrument(span).await
+        };
+        for ((delivery, (message_id, order_id, saga_id, sent_once)), outcome) in
+            decoded.into_iter().zip(facts).zip(outcomes)
+        {
+            let span = tracing::info_span!(
+                "message",
+                queue = self.queue.as_str(),
+                %message_id,
+                %order_id,
+                %saga_id,
+            );
+            match outcome {
+                Ok(()) => {}
+                Err(HandleError::Permanent(reason)) => {
+                    span.in_scope(|| tracing::error!(%reason, "dead-lettering a message"));
+                    self.dead_letter(delivery, &reason).await?;
+                }
+                Err(HandleError::Transient(reason)) => {
+                    let failures = failures(&delivery.properties) + 1;
+                    if failures >= MAX_FAILURES && !sent_once {
+                        span.in_scope(
+                            || tracing::error!(%reason, failures, "giving up on a message"),
+                        );
+                        self.dead_letter(delivery, &format!("failed {failures} times: {reason}"))
+                            .await?;
+                        continue;
+                    }
+                    span.in_scope(|| tracing::warn!(%reason, failures, "will retry a message"));
+                    let properties = with_header(
+                        delivery.properties.clone(),
+                        FAILURES_HEADER,
+                        AMQPValue::LongLongInt(i64::from(failures)),
+                    );
+                    self.publisher
+                        .to_queue(
+                            &self.topology.retry_queue(self.queue, failures),
+                            &delivery.data,
+                            properties,
+                        )
+                        .await?;
+                    self.metrics.messages_retried.get_or_create(&labels).inc();
+                }
+            }
+        }
+        // One ack for the batch: every delivery before it on this channel is done too, since
+        // batches run one after another.
+        if let Some(last) = batch.last() {
+            last.acker.ack(BasicAckOptions { multiple: true }).await?;
+        }
         Ok(())
     }
 
-    /// Moves a message to the queue's dead-letter queue with the reason, then acks it. If the
-    /// move fails the message is not acked, so it comes back rather than vanish.
+    /// Moves a message to the queue's dead-letter queue with the reason; the batch's ack then
+    /// takes it off its queue. If the move fails the batch is not acked, so the message comes
+    /// back rather than vanish.
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), ConsumeError> {
         let properties = with_header(
             delivery.properties.clone(),
@@ -229,7 +298,6 @@ impl Context<'_> {
                 queue: self.queue.as_str(),
             })
             .inc();
-        delivery.ack(BasicAckOptions::default()).await?;
         Ok(())
     }
 }

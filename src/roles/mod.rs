@@ -229,6 +229,7 @@ async fn consume_forever<H: Handler>(
                 &context.topology,
                 queue,
                 context.settings.prefetch,
+                context.settings.batching,
                 handler.clone(),
                 context.metrics.clone(),
                 shutdown.clone(),

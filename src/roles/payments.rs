@@ -1,29 +1,28 @@
 //! The payments role: charges a wallet once per order and refunds it once, never below zero.
 //!
-//! Each message is handled in one transaction with its inbox row, its effect and its reply.
-//! The `payments` row claims the order first, so a second charge (a retried attempt with a new
-//! message id) finds it and answers as the first did; a refund that overtakes its charge leaves
-//! a `voided` row and the charge is then refused. The wallet moves under its version: a writer
-//! that loses re-reads the balance and decides again.
-
-use uuid::Uuid;
+//! A batch of commands is one transaction: claim every message id in the inbox at once, lock
+//! the payments and wallets the batch touches, decide every command in memory in delivery order
+//! (the rules are [`crate::domain::payment`]), write the new payments, statuses and balances
+//! with one statement each, queue every reply, commit. A single message is a batch of one. A
+//! batch whose decision no longer holds when written (another worker created a payment it
+//! could not lock) or that fails is done again message by message, so only what keeps failing
+//! is retried.
 
 use crate::{
-    domain::{order::OrderReason, saga::Reply},
+    domain::payment::{Instruction, Ledger},
     messaging::{
         self,
         consumer::{HandleError, Handler},
         envelope::{Body, Envelope},
     },
-    store::postgres::{
-        inbox, outbox,
-        payments::{self, PaymentStatus},
-    },
+    store::postgres::{inbox, outbox, payments},
 };
 
 use super::RoleContext;
 
 const CONSUMER: &str = "payments";
+/// Times one message is decided again when another worker created its payment meanwhile.
+const MAX_RACES: usize = 5;
 
 pub struct Payments {
     context: RoleContext,
@@ -33,91 +32,144 @@ impl Payments {
     pub fn new(context: RoleContext) -> Self {
         Self { context }
     }
+
+    /// Decides and writes `batch` in one transaction. `Err(Raced)` when the decision no longer
+    /// held at writing time (nothing was written); a store error likewise writes nothing.
+    async fn settle(&self, batch: &[Envelope]) -> Result<Vec<Result<(), HandleError>>, Settle> {
+        let mut tx = self.context.stores.pg.begin().await?;
+        let ids: Vec<_> = batch.iter().map(|m| m.message_id).collect();
+        let claimed = inbox::claim_many(&mut tx, CONSUMER, &ids).await?;
+        let mut orders: Vec<_> = batch.iter().map(|m| m.order_id).collect();
+        orders.sort();
+        orders.dedup();
+        let mut customers: Vec<_> = batch.iter().filter_map(customer).collect();
+        customers.sort();
+        customers.dedup();
+        let existing = payments::lock(&mut tx, &orders).await?;
+        let wallets = payments::lock_wallets(&mut tx, &customers).await?;
+
+        let mut ledger = Ledger::new(existing, wallets);
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut replies = Vec::new();
+        let mut failed = Vec::new();
+        for (i, message) in batch.iter().enumerate() {
+            // A copy of a message already done (by an earlier delivery, or earlier in this
+            // very batch) changes nothing.
+            let earlier = batch[..i]
+                .iter()
+                .any(|m| m.message_id == message.message_id);
+            if !claimed.contains(&message.message_id) || earlier {
+                outcomes.push(Ok(()));
+                continue;
+            }
+            let decided = instruction(message).and_then(|i| {
+                ledger
+                    .apply(i)
+                    .map_err(|e| HandleError::Permanent(e.to_string()))
+            });
+            match decided {
+                Ok(reply) => {
+                    let traceparent = messaging::child_traceparent(message.traceparent.as_deref());
+                    replies.push(message.reply(reply).with_traceparent(Some(traceparent)));
+                    outcomes.push(Ok(()));
+                }
+                Err(e) => {
+                    failed.push(message.message_id);
+                    outcomes.push(Err(e));
+                }
+            }
+        }
+        let created = ledger.created();
+        if payments::insert(&mut tx, &created).await? < created.len() as u64 {
+            return Err(Settle::Raced);
+        }
+        payments::set_status(&mut tx, &ledger.changed()).await?;
+        payments::set_balances(&mut tx, &ledger.balances()).await?;
+        outbox::enqueue(&mut tx, &replies).await?;
+        inbox::unclaim(&mut tx, CONSUMER, &failed).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// One message in a transaction of its own, decided again if it loses a race.
+    async fn settle_one(&self, message: Envelope) -> Result<(), HandleError> {
+        let batch = [message];
+        for _ in 0..MAX_RACES {
+            match self.settle(&batch).await {
+                Ok(mut outcomes) => return outcomes.pop().unwrap_or(Ok(())),
+                Err(Settle::Raced) => continue,
+                Err(Settle::Failed(e)) => return Err(e),
+            }
+        }
+        Err(HandleError::Transient(format!(
+            "lost {MAX_RACES} races for the payment of order {}",
+            batch[0].order_id
+        )))
+    }
 }
 
 impl Handler for Payments {
     async fn handle(&self, command: Envelope) -> Result<(), HandleError> {
-        let mut tx = self.context.stores.pg.begin().await?;
-        if !inbox::claim(&mut tx, CONSUMER, command.message_id).await? {
-            return Ok(());
-        }
-        let reply = match command.body {
-            Body::ChargePayment {
-                customer_id,
-                amount_minor,
-            } => charge(&mut tx, command.order_id, customer_id, amount_minor).await?,
-            Body::RefundPayment { customer_id } => {
-                refund(&mut tx, command.order_id, customer_id).await?
-            }
-            ref other => {
-                return Err(HandleError::Permanent(format!(
-                    "payments does not handle {}",
-                    other.kind()
-                )));
-            }
-        };
-        let traceparent = messaging::child_traceparent(command.traceparent.as_deref());
-        outbox::enqueue(
-            &mut tx,
-            &[command.reply(reply).with_traceparent(Some(traceparent))],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.settle_one(command).await
     }
-}
 
-async fn charge(
-    tx: &mut sqlx::PgConnection,
-    order_id: Uuid,
-    customer_id: Uuid,
-    amount: i64,
-) -> Result<Reply, HandleError> {
-    let declined = Reply::PaymentDeclined {
-        reason: OrderReason::InsufficientFunds,
-    };
-    if !payments::claim_charge(tx, order_id, customer_id, amount).await? {
-        let (status, _) = payments::lock(tx, order_id)
-            .await?
-            .ok_or_else(|| HandleError::Transient("payment row vanished".into()))?;
-        return Ok(match status {
-            PaymentStatus::Charged => Reply::PaymentCharged,
-            _ => declined,
-        });
-    }
-    loop {
-        let (balance, version) = payments::wallet(tx, customer_id)
-            .await?
-            .ok_or_else(|| HandleError::Permanent(format!("no customer {customer_id}")))?;
-        if balance < amount {
-            payments::mark(tx, order_id, PaymentStatus::Declined).await?;
-            return Ok(declined);
-        }
-        if payments::move_wallet(tx, customer_id, -amount, version).await? {
-            return Ok(Reply::PaymentCharged);
+    async fn handle_batch(&self, batch: Vec<Envelope>) -> Vec<Result<(), HandleError>> {
+        match self.settle(&batch).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                if let Settle::Failed(e) = &e {
+                    tracing::warn!(error = %e, size = batch.len(), "a payments batch failed; doing its messages one by one");
+                }
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for message in batch {
+                    outcomes.push(self.settle_one(message).await);
+                }
+                outcomes
+            }
         }
     }
 }
 
-async fn refund(
-    tx: &mut sqlx::PgConnection,
-    order_id: Uuid,
-    customer_id: Uuid,
-) -> Result<Reply, HandleError> {
-    if payments::claim_void(tx, order_id, customer_id).await? {
-        return Ok(Reply::PaymentRefunded);
+/// Why a batch wrote nothing.
+enum Settle {
+    /// Another worker created a payment the batch decided on as missing.
+    Raced,
+    Failed(HandleError),
+}
+
+impl<E: Into<HandleError>> From<E> for Settle {
+    fn from(e: E) -> Self {
+        Self::Failed(e.into())
     }
-    let Some((PaymentStatus::Charged, amount)) = payments::lock(tx, order_id).await? else {
-        // Declined, voided or refunded already: nothing to give back.
-        return Ok(Reply::PaymentRefunded);
-    };
-    loop {
-        let (_, version) = payments::wallet(tx, customer_id)
-            .await?
-            .ok_or_else(|| HandleError::Permanent(format!("no customer {customer_id}")))?;
-        if payments::move_wallet(tx, customer_id, amount, version).await? {
-            payments::mark(tx, order_id, PaymentStatus::Refunded).await?;
-            return Ok(Reply::PaymentRefunded);
+}
+
+/// The wallet a command moves, if it names one.
+fn customer(message: &Envelope) -> Option<uuid::Uuid> {
+    match message.body {
+        Body::ChargePayment { customer_id, .. } | Body::RefundPayment { customer_id } => {
+            Some(customer_id)
         }
+        _ => None,
+    }
+}
+
+fn instruction(message: &Envelope) -> Result<Instruction, HandleError> {
+    match message.body {
+        Body::ChargePayment {
+            customer_id,
+            amount_minor,
+        } => Ok(Instruction::Charge {
+            order_id: message.order_id,
+            customer_id,
+            amount_minor,
+        }),
+        Body::RefundPayment { customer_id } => Ok(Instruction::Refund {
+            order_id: message.order_id,
+            customer_id,
+        }),
+        ref other => Err(HandleError::Permanent(format!(
+            "payments does not handle {}",
+            other.kind()
+        ))),
     }
 }

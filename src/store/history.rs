@@ -58,20 +58,27 @@ impl OrderHistory {
 
     /// Stores events of an order, skipping those already stored.
     pub async fn append(&self, order_id: Uuid, events: &[HistoryEvent]) -> Result<(), StoreError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let docs: Vec<EventDoc> = events
+        self.append_many(&[(order_id, events)]).await
+    }
+
+    /// Stores the events of several orders in one `insert_many`, skipping those already stored.
+    pub async fn append_many(&self, orders: &[(Uuid, &[HistoryEvent])]) -> Result<(), StoreError> {
+        let docs: Vec<EventDoc> = orders
             .iter()
-            .map(|e| EventDoc {
-                id: format!("{order_id}/{:010}", e.seq),
-                order_id: order_id.to_string(),
-                seq: e.seq,
-                kind: e.kind.clone(),
-                at: bson::DateTime::from_millis(e.at.timestamp_millis()),
-                data: bson::to_bson(&e.data).unwrap_or(bson::Bson::Null),
+            .flat_map(|(order_id, events)| {
+                events.iter().map(move |e| EventDoc {
+                    id: format!("{order_id}/{:010}", e.seq),
+                    order_id: order_id.to_string(),
+                    seq: e.seq,
+                    kind: e.kind.clone(),
+                    at: bson::DateTime::from_millis(e.at.timestamp_millis()),
+                    data: bson::to_bson(&e.data).unwrap_or(bson::Bson::Null),
+                })
             })
             .collect();
+        if docs.is_empty() {
+            return Ok(());
+        }
         let options = InsertManyOptions::builder().ordered(false).build();
         match self.events.insert_many(docs).with_options(options).await {
             Ok(_) => Ok(()),

@@ -1,6 +1,6 @@
 //! The inbox: which messages each Postgres-writing consumer has already processed.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -21,6 +21,43 @@ pub async fn claim(
     .execute(conn)
     .await?;
     Ok(inserted.rows_affected() == 1)
+}
+
+/// Records every id of `message_ids` as processed by `consumer` in the caller's transaction, in
+/// one statement; returns those that were new (the rest are redeliveries: change nothing for
+/// them). Copies claimed by a concurrent transaction are waited for.
+pub async fn claim_many(
+    conn: &mut PgConnection,
+    consumer: &str,
+    message_ids: &[Uuid],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let claimed: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO inbox (consumer, message_id) SELECT $1, id FROM UNNEST($2::uuid[]) AS id \
+         ON CONFLICT DO NOTHING RETURNING message_id",
+    )
+    .bind(consumer)
+    .bind(message_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(claimed.into_iter().collect())
+}
+
+/// Takes back claims made in the caller's transaction, for messages that failed in it and will
+/// be retried or dead-lettered: a later copy must not be taken for done.
+pub async fn unclaim(
+    conn: &mut PgConnection,
+    consumer: &str,
+    message_ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    if message_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM inbox WHERE consumer = $1 AND message_id = ANY($2)")
+        .bind(consumer)
+        .bind(message_ids)
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 /// Forgets ids older than `age`: by then no copy of the message is still in flight (retries
