@@ -56,6 +56,39 @@ pub enum ReserveOutcome {
     Tombstoned,
 }
 
+/// A script to run for an order, in a batch.
+#[derive(Debug, Clone, Copy)]
+pub enum StockOp<'a> {
+    Reserve {
+        order_id: Uuid,
+        lines: &'a [(Uuid, i64)],
+    },
+    Release {
+        order_id: Uuid,
+        products: &'a [Uuid],
+    },
+}
+
+/// What a script of a batch answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockAnswer {
+    Reserve(ReserveOutcome),
+    /// `true` when the release gave stock back.
+    Release(bool),
+}
+
+/// `reserve.lua`'s answer: `{outcome, line, available}`.
+fn reserve_outcome((outcome, line, available): (i64, i64, i64)) -> ReserveOutcome {
+    match outcome {
+        1 => ReserveOutcome::Reserved,
+        2 => ReserveOutcome::Tombstoned,
+        _ => ReserveOutcome::Short {
+            line: usize::try_from(line - 1).unwrap_or_default(),
+            available,
+        },
+    }
+}
+
 #[derive(Clone)]
 pub struct StockCounters {
     redis: ConnectionManager,
@@ -106,6 +139,69 @@ impl StockCounters {
         order_id: Uuid,
         lines: &[(Uuid, i64)],
     ) -> Result<ReserveOutcome, StoreError> {
+        let answer: (i64, i64, i64) = self
+            .reserve_invocation(order_id, lines)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(reserve_outcome(answer))
+    }
+
+    /// Runs `release.lua`; `true` when this call gave stock back.
+    pub async fn release(&self, order_id: Uuid, products: &[Uuid]) -> Result<bool, StoreError> {
+        let gave_back: i64 = self
+            .release_invocation(order_id, products)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(gave_back == 1)
+    }
+
+    /// Runs the scripts for many orders in one round trip, in the order given: each script is
+    /// still atomic and idempotent per order on its own, exactly as when run one by one.
+    pub async fn run(&self, ops: &[StockOp<'_>]) -> Result<Vec<StockAnswer>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        // Loaded first, in the same round trip: the calls below find them even right after a
+        // Redis restart, without a `NOSCRIPT` and a retry.
+        pipe.load_script(&RESERVE)
+            .ignore()
+            .load_script(&RELEASE)
+            .ignore();
+        let invocations: Vec<_> = ops
+            .iter()
+            .map(|op| match op {
+                StockOp::Reserve { order_id, lines } => self.reserve_invocation(*order_id, lines),
+                StockOp::Release { order_id, products } => {
+                    self.release_invocation(*order_id, products)
+                }
+            })
+            .collect();
+        for invocation in &invocations {
+            pipe.invoke_script(invocation);
+        }
+        let answers: Vec<redis::Value> = pipe.query_async(&mut self.redis.clone()).await?;
+        ops.iter()
+            .zip(answers)
+            .map(|(op, answer)| {
+                Ok(match op {
+                    StockOp::Reserve { .. } => {
+                        StockAnswer::Reserve(reserve_outcome(redis::from_redis_value(answer)?))
+                    }
+                    StockOp::Release { .. } => {
+                        StockAnswer::Release(redis::from_redis_value::<i64>(answer)? == 1)
+                    }
+                })
+            })
+            .collect::<Result<_, redis::RedisError>>()
+            .map_err(StoreError::from)
+    }
+
+    fn reserve_invocation(
+        &self,
+        order_id: Uuid,
+        lines: &[(Uuid, i64)],
+    ) -> redis::ScriptInvocation<'static> {
         let mut invocation = RESERVE.key(self.reservation_key(order_id));
         for &(product, quantity) in lines {
             invocation
@@ -116,20 +212,14 @@ impl StockCounters {
         for &(product, _) in lines {
             invocation.arg(product.to_string());
         }
-        let (outcome, line, available): (i64, i64, i64) =
-            invocation.invoke_async(&mut self.redis.clone()).await?;
-        Ok(match outcome {
-            1 => ReserveOutcome::Reserved,
-            2 => ReserveOutcome::Tombstoned,
-            _ => ReserveOutcome::Short {
-                line: usize::try_from(line - 1).unwrap_or_default(),
-                available,
-            },
-        })
+        invocation
     }
 
-    /// Runs `release.lua`; `true` when this call gave stock back.
-    pub async fn release(&self, order_id: Uuid, products: &[Uuid]) -> Result<bool, StoreError> {
+    fn release_invocation(
+        &self,
+        order_id: Uuid,
+        products: &[Uuid],
+    ) -> redis::ScriptInvocation<'static> {
         let mut invocation = RELEASE.key(self.reservation_key(order_id));
         for &product in products {
             invocation
@@ -137,8 +227,7 @@ impl StockCounters {
                 .key(self.held_key(product))
                 .arg(product.to_string());
         }
-        let gave_back: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
-        Ok(gave_back == 1)
+        invocation
     }
 
     /// Units held by live reservations, per product, in the order given.

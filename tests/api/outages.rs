@@ -7,6 +7,7 @@ use std::time::Duration;
 use orderly::roles::Role;
 use orderly_loadtest::proxy::{self, Link, Proxy};
 use serde_json::Value;
+use sqlx::Connection;
 
 use crate::helpers::{Process, free_port, spawn_app, spawn_app_with_roles, test_vars};
 
@@ -46,13 +47,19 @@ async fn a_connection_postgres_terminates_is_a_503_never_a_500() {
     for round in 0..5 {
         // What a Postgres restart does to every open connection, done only to this test's
         // database: "terminating connection due to administrator command" (57P01).
+        // From a connection of the test's own: the app's pool holds connections this very
+        // statement terminated a round ago.
+        let mut own = sqlx::PgConnection::connect(&app.settings.database_url)
+            .await
+            .unwrap();
         sqlx::query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = current_database() AND pid <> pg_backend_pid()",
         )
-        .execute(&app.stores.pg)
+        .execute(&mut own)
         .await
         .unwrap();
+        let _ = own.close().await;
         let placed = app
             .place_order(&token, &format!("k{round}"), &[(product, 1)])
             .await;

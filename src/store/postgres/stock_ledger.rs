@@ -180,19 +180,23 @@ pub async fn all_pending(pool: &PgPool) -> Result<Vec<PendingAdjustment>, sqlx::
         .await
 }
 
-/// Records what `reserve.lua` answered for an order, in the caller's transaction (the one that
-/// queues the reply); the first answer stays, as it does in Redis.
-pub async fn record_reservation(
+/// Records what `reserve.lua` answered for orders, in the caller's transaction (the one that
+/// queues the replies); the first answer stays, as it does in Redis.
+pub async fn record_reservations(
     conn: &mut PgConnection,
-    order_id: Uuid,
-    outcome: Record,
+    answers: &[(Uuid, Record)],
 ) -> Result<(), sqlx::Error> {
+    if answers.is_empty() {
+        return Ok(());
+    }
+    let orders: Vec<Uuid> = answers.iter().map(|(o, _)| *o).collect();
+    let outcomes: Vec<&str> = answers.iter().map(|(_, r)| r.as_str()).collect();
     sqlx::query(
-        "INSERT INTO stock_reservations (order_id, outcome) VALUES ($1, $2) \
-         ON CONFLICT (order_id) DO NOTHING",
+        "INSERT INTO stock_reservations (order_id, outcome) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[]) ON CONFLICT (order_id) DO NOTHING",
     )
-    .bind(order_id)
-    .bind(outcome.as_str())
+    .bind(&orders)
+    .bind(&outcomes)
     .execute(conn)
     .await
     .map(drop)
