@@ -1,47 +1,96 @@
 //! The orchestrator: applies replies, cancels and deadlines to sagas.
 //!
-//! Each event is one transaction: the inbox row, the saga under its version, the order under
-//! its version (status, history seq), the log entry, and the outbox rows for the next commands
-//! and the history events. When another writer moved the saga or the order first, the
-//! transaction is dropped and the event is decided again on what is there now.
+//! Events are decided in batches, each one transaction: claim every message id in the inbox at
+//! once; lock the orders, then the sagas, the batch names (in id order, as every writer of both
+//! does, so two batches never wait on each other in a circle); apply each saga's events to it
+//! in memory in delivery order; write every saga, order, log entry, new saga and outbox row with
+//! one statement each, under the versions read; commit. A single message, and the sweeper's
+//! deadlines, go the same way as a batch of their own. If a row moved anyway (a version check
+//! lost), or the batch fails, nothing of it is written, and its events are decided again one by
+//! one on what is there now: a batch is a unit of cost, never of failure.
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{
-    domain::saga::{Fact, Saga, SagaEvent, SagaKind, Transition},
+    domain::saga::{Command, Fact, Policy, Saga, SagaEvent, Transition},
     messaging::{
         self,
         consumer::{HandleError, Handler},
         envelope::{Body, Envelope, HistoryEvent, Line},
     },
     metrics::{OutcomeLabels, SagaLabels, StepLabels},
-    store::postgres::{inbox, orders, outbox, sagas},
+    store::postgres::{
+        inbox,
+        orders::{self, OrderRecord, OrderRow},
+        outbox,
+        sagas::{self, LogEntry, SagaRow},
+    },
 };
 
 use super::RoleContext;
 
 const CONSUMER: &str = "orchestrator";
-/// Times an event is decided again after losing a version race before it is retried later.
+/// Times an event is decided again on its own after losing a version race.
 const MAX_RACES: usize = 20;
 /// How often a sweeper prunes the inbox and the saga log.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How long message ids are kept for dedupe: far past any redelivery or retry (minutes), and
 /// every effect is idempotent per order besides.
 const INBOX_RETENTION: Duration = Duration::from_secs(86_400);
+/// Sagas past their deadline driven per sweep transaction.
+const SWEEP_BATCH: i64 = 200;
 
-/// What caused an event, for the inbox, the log and the trace.
-struct Cause<'a> {
+/// One event for a saga, and what caused it (for the inbox, the log and the trace).
+#[derive(Debug, Clone, Copy)]
+struct Incoming<'a> {
+    saga_id: Uuid,
+    order_id: Uuid,
+    event: SagaEvent,
+    /// `None` for a deadline the sweeper found.
     message_id: Option<Uuid>,
     label: &'a str,
     traceparent: Option<&'a str>,
+}
+
+impl<'a> Incoming<'a> {
+    fn of(message: &'a Envelope) -> Result<Self, HandleError> {
+        let event = match message.body {
+            Body::CancelRequested => SagaEvent::Cancel,
+            ref body => SagaEvent::Reply(body.reply().ok_or_else(|| {
+                HandleError::Permanent(format!("the orchestrator does not handle {}", body.kind()))
+            })?),
+        };
+        Ok(Self {
+            saga_id: message.saga_id,
+            order_id: message.order_id,
+            event,
+            message_id: Some(message.message_id),
+            label: message.body.kind(),
+            traceparent: message.traceparent.as_deref(),
+        })
+    }
+}
+
+/// Why a batch wrote nothing.
+enum Undecided {
+    /// A row had moved since it was read.
+    Raced,
+    Failed(HandleError),
+}
+
+impl<E: Into<HandleError>> From<E> for Undecided {
+    fn from(e: E) -> Self {
+        Self::Failed(e.into())
+    }
 }
 
 pub struct Orchestrator {
@@ -50,18 +99,39 @@ pub struct Orchestrator {
 
 impl Handler for Orchestrator {
     async fn handle(&self, message: Envelope) -> Result<(), HandleError> {
-        let event = match message.body {
-            Body::CancelRequested => SagaEvent::Cancel,
-            ref body => SagaEvent::Reply(body.reply().ok_or_else(|| {
-                HandleError::Permanent(format!("the orchestrator does not handle {}", body.kind()))
-            })?),
-        };
-        let cause = Cause {
-            message_id: Some(message.message_id),
-            label: message.body.kind(),
-            traceparent: message.traceparent.as_deref(),
-        };
-        self.drive(message.saga_id, event, cause).await
+        self.decide_one(Incoming::of(&message)?).await
+    }
+
+    async fn handle_batch(&self, batch: Vec<Envelope>) -> Vec<Result<(), HandleError>> {
+        let incoming: Vec<Result<Incoming<'_>, HandleError>> =
+            batch.iter().map(Incoming::of).collect();
+        let valid: Vec<Incoming<'_>> = incoming
+            .iter()
+            .filter_map(|i| i.as_ref().ok().copied())
+            .collect();
+        match self.decide(&valid).await {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                incoming
+                    .into_iter()
+                    .map(|i| i.and_then(|_| outcomes.next().unwrap_or(Ok(()))))
+                    .collect()
+            }
+            Err(e) => {
+                if let Undecided::Failed(e) = &e {
+                    tracing::warn!(error = %e, size = valid.len(), "an orchestrator batch failed; deciding its events one by one");
+                }
+                // In delivery order: events of one saga must meet it in the order they came.
+                let mut outcomes = Vec::with_capacity(incoming.len());
+                for i in incoming {
+                    outcomes.push(match i {
+                        Ok(i) => self.decide_one(i).await,
+                        Err(e) => Err(e),
+                    });
+                }
+                outcomes
+            }
+        }
     }
 }
 
@@ -70,174 +140,174 @@ impl Orchestrator {
         Self { context }
     }
 
-    async fn drive(
-        &self,
-        saga_id: Uuid,
-        event: SagaEvent,
-        cause: Cause<'_>,
-    ) -> Result<(), HandleError> {
-        let policy = self.context.policy();
+    /// One event in a transaction of its own, decided again while it loses version races.
+    async fn decide_one(&self, incoming: Incoming<'_>) -> Result<(), HandleError> {
         for _ in 0..MAX_RACES {
-            let mut tx = self.context.stores.pg.begin().await?;
-            if let Some(id) = cause.message_id
-                && !inbox::claim(&mut tx, CONSUMER, id).await?
-            {
-                return Ok(());
+            match self.decide(&[incoming]).await {
+                Ok(mut outcomes) => return outcomes.pop().unwrap_or(Ok(())),
+                Err(Undecided::Raced) => continue,
+                Err(Undecided::Failed(e)) => return Err(e),
             }
-            // Every saga has its order (a foreign key), so a missing row means no saga.
-            let Some((row, order)) = sagas::find_with_order(&mut tx, saga_id).await? else {
-                return Err(HandleError::Permanent(format!("no saga {saga_id}")));
-            };
-            let now = Utc::now();
-            let mut saga = row.saga.clone();
-            let transition = saga.apply(event, now, &policy);
-            if transition.stale {
-                if cause.message_id.is_none() {
-                    // A sweeper that lost the race to a reply: nothing worth logging.
-                    return Ok(());
-                }
-                sagas::log(&mut tx, saga_id, cause.label, cause.message_id, true).await?;
-                tx.commit().await?;
-                if matches!(event, SagaEvent::Reply(_)) {
-                    self.context.metrics.stale_replies.inc();
-                }
-                tracing::info!(event = cause.label, "stale event recorded and ignored");
-                return Ok(());
-            }
-            if !sagas::save(&mut tx, saga_id, &saga, row.version).await? {
-                continue;
-            }
-            // A reply that arrived to find a recorded cancel took that cancel, but itself applied
-            // to nothing: logged (and counted) as the stale reply it is.
-            sagas::log(
-                &mut tx,
-                saga_id,
-                cause.label,
-                cause.message_id,
-                transition.event_stale,
-            )
-            .await?;
-
-            let trace = messaging::child_traceparent(cause.traceparent);
-            let mut outgoing = Vec::new();
-            let mut in_charge = saga_id;
-            let mut started = None;
-            self.commands(&mut tx, &order, saga_id, &transition, &trace, &mut outgoing)
-                .await?;
-            let mut facts = transition.facts.clone();
-            if transition.start_cancellation {
-                let (cancellation, first) = Saga::cancellation(now, &policy);
-                in_charge = Uuid::now_v7();
-                sagas::insert(&mut tx, in_charge, order.id, &cancellation).await?;
-                self.commands(&mut tx, &order, in_charge, &first, &trace, &mut outgoing)
-                    .await?;
-                facts.extend(first.facts.iter().copied());
-                started = Some(cancellation.kind);
-            }
-            let events: Vec<HistoryEvent> = facts
-                .iter()
-                .zip(order.last_seq + 1..)
-                .map(|(fact, seq)| history_event(seq, *fact, in_charge, now))
-                .collect();
-            let last_seq = order.last_seq + events.len() as i32;
-            if !orders::record(
-                &mut tx,
-                order.id,
-                order.version,
-                transition.order,
-                in_charge,
-                last_seq,
-            )
-            .await?
-            {
-                continue;
-            }
-            if !events.is_empty() {
-                outgoing.push(
-                    Envelope::new(in_charge, order.id, 1, Body::History { events })
-                        .with_traceparent(Some(trace.clone())),
-                );
-            }
-            outbox::enqueue(&mut tx, &outgoing).await?;
-            tx.commit().await?;
-            if transition.event_stale && matches!(event, SagaEvent::Reply(_)) {
-                self.context.metrics.stale_replies.inc();
-            }
-            self.observe(&saga, &transition, started);
-            return Ok(());
         }
         Err(HandleError::Transient(format!(
-            "lost {MAX_RACES} version races in a row on saga {saga_id}"
+            "lost {MAX_RACES} version races in a row on saga {}",
+            incoming.saga_id
         )))
     }
 
-    /// The envelopes of a transition's commands, filled in with the order's lines and wallet.
-    async fn commands(
+    /// Decides a batch of events in one transaction; one outcome per event, in order.
+    async fn decide(
         &self,
-        tx: &mut sqlx::PgConnection,
-        order: &orders::OrderRow,
-        saga_id: Uuid,
-        transition: &Transition,
-        trace: &str,
-        out: &mut Vec<Envelope>,
-    ) -> Result<(), HandleError> {
-        if transition.commands.is_empty() {
-            return Ok(());
+        batch: &[Incoming<'_>],
+    ) -> Result<Vec<Result<(), HandleError>>, Undecided> {
+        let policy = self.context.policy();
+        let now = Utc::now();
+        let mut tx = self.context.stores.pg.begin().await?;
+        let ids: Vec<Uuid> = batch.iter().filter_map(|i| i.message_id).collect();
+        let claimed = inbox::claim_many(&mut tx, CONSUMER, &ids).await?;
+        let mut order_ids: Vec<Uuid> = batch.iter().map(|i| i.order_id).collect();
+        order_ids.sort();
+        order_ids.dedup();
+        let mut saga_ids: Vec<Uuid> = batch.iter().map(|i| i.saga_id).collect();
+        saga_ids.sort();
+        saga_ids.dedup();
+        let orders: HashMap<Uuid, OrderRow> = orders::lock(&mut tx, &order_ids)
+            .await?
+            .into_iter()
+            .map(|o| (o.id, o))
+            .collect();
+        let sagas: HashMap<Uuid, SagaRow> = sagas::lock(&mut tx, &saga_ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.id, s))
+            .collect();
+
+        // Load → apply, per saga, in delivery order.
+        let mut decisions: Vec<Decision> = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut failed = Vec::new();
+        for (i, incoming) in batch.iter().enumerate() {
+            if let Some(id) = incoming.message_id {
+                // A copy of a message already done, by an earlier delivery or earlier in this
+                // batch, changes nothing.
+                let earlier = batch[..i].iter().any(|b| b.message_id == Some(id));
+                if !claimed.contains(&id) || earlier {
+                    outcomes.push(Ok(()));
+                    continue;
+                }
+            }
+            let Some(row) = sagas.get(&incoming.saga_id) else {
+                failed.extend(incoming.message_id);
+                outcomes.push(Err(HandleError::Permanent(format!(
+                    "no saga {}",
+                    incoming.saga_id
+                ))));
+                continue;
+            };
+            // An order's decision covers all of its sagas: they share its history and status.
+            let Some(order) = orders.get(&row.order_id) else {
+                failed.extend(incoming.message_id);
+                outcomes.push(Err(HandleError::Permanent(format!(
+                    "saga {} names order {}, not the order its message names",
+                    row.id, incoming.order_id
+                ))));
+                continue;
+            };
+            let at = match decisions.iter().position(|d| d.order.id == order.id) {
+                Some(at) => at,
+                None => {
+                    decisions.push(Decision::new(order.clone()));
+                    decisions.len() - 1
+                }
+            };
+            decisions[at].apply(row, incoming, now, &policy);
+            outcomes.push(Ok(()));
         }
-        // Only stock commands carry the lines; a charge or a refund needs no read.
-        let mut items: Vec<Line> = Vec::new();
-        if transition.commands.iter().any(|c| c.action.moves_stock()) {
-            // Read in the caller's transaction: taking a second connection while holding one
-            // could exhaust the pool with every handler waiting on another.
-            items = orders::items(&mut *tx, &[order.id])
-                .await?
-                .into_iter()
-                .map(|i| Line {
-                    product_id: i.product_id,
-                    quantity: i64::from(i.quantity),
-                })
-                .collect();
+
+        // Record: every write is one statement for the whole batch.
+        let needs_lines: Vec<Uuid> = decisions
+            .iter()
+            .filter(|d| d.moves_stock())
+            .map(|d| d.order.id)
+            .collect();
+        let mut lines: HashMap<Uuid, Vec<Line>> = HashMap::new();
+        for item in orders::items(&mut *tx, &needs_lines).await? {
+            lines.entry(item.order_id).or_default().push(Line {
+                product_id: item.product_id,
+                quantity: i64::from(item.quantity),
+            });
         }
-        for command in &transition.commands {
-            let body = Body::command(command.action, &items, order.customer_id, order.total_minor);
-            out.push(
-                Envelope::new(saga_id, order.id, command.attempt, body)
-                    .with_traceparent(Some(trace.to_owned())),
-            );
+        let mut writes = Writes::default();
+        for decision in &decisions {
+            decision.record(&lines, now, &mut writes);
         }
-        Ok(())
+        let saves: Vec<(Uuid, &Saga, i64)> = writes
+            .saves
+            .iter()
+            .map(|&(id, ref saga, seen)| (id, saga, seen))
+            .collect();
+        if !sagas::save_many(&mut tx, &saves).await? {
+            return Err(Undecided::Raced);
+        }
+        let started: Vec<(Uuid, Uuid, &Saga)> = writes
+            .started
+            .iter()
+            .map(|&(id, order, ref saga)| (id, order, saga))
+            .collect();
+        sagas::insert_many(&mut tx, &started).await?;
+        sagas::log_many(&mut tx, &writes.log).await?;
+        if !orders::record_many(&mut tx, &writes.orders).await? {
+            return Err(Undecided::Raced);
+        }
+        outbox::enqueue(&mut tx, &writes.outgoing).await?;
+        inbox::unclaim(&mut tx, CONSUMER, &failed).await?;
+        tx.commit().await?;
+        for decision in &decisions {
+            self.observe(decision);
+        }
+        Ok(outcomes)
     }
 
-    fn observe(&self, saga: &Saga, transition: &Transition, started: Option<SagaKind>) {
+    fn observe(&self, decision: &Decision) {
         let metrics = &self.context.metrics;
-        if let Some(step) = transition.retried {
-            metrics
-                .step_retries
-                .get_or_create(&StepLabels {
-                    step: step.as_str(),
-                })
-                .inc();
+        for applied in &decision.applied {
+            if applied.stale_reply {
+                metrics.stale_replies.inc();
+            }
+            if let Some(step) = applied.retried {
+                metrics
+                    .step_retries
+                    .get_or_create(&StepLabels {
+                        step: step.as_str(),
+                    })
+                    .inc();
+            }
         }
-        if let Some(kind) = started {
-            metrics
-                .sagas_started
-                .get_or_create(&SagaLabels {
-                    kind: kind.as_str(),
-                })
-                .inc();
-        }
-        if let (Some(change), Some(finished)) = (transition.order, saga.finished_at) {
-            let labels = OutcomeLabels {
-                kind: saga.kind.as_str(),
-                outcome: change.status.as_str(),
-                reason: change.reason.map_or("", |r| r.as_str()),
-            };
-            metrics.sagas_finished.get_or_create(&labels).inc();
-            let seconds = (finished - saga.started_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-            metrics
-                .saga_duration
-                .get_or_create(&labels)
-                .observe(seconds);
+        for (_, saga) in decision.sagas.values() {
+            if saga.is_new {
+                metrics
+                    .sagas_started
+                    .get_or_create(&SagaLabels {
+                        kind: saga.saga.kind.as_str(),
+                    })
+                    .inc();
+            }
+            if let (Some(change), Some(finished)) = (saga.finished, saga.saga.finished_at) {
+                let labels = OutcomeLabels {
+                    kind: saga.saga.kind.as_str(),
+                    outcome: change.status.as_str(),
+                    reason: change.reason.map_or("", |r| r.as_str()),
+                };
+                metrics.sagas_finished.get_or_create(&labels).inc();
+                let seconds = (finished - saga.saga.started_at)
+                    .num_microseconds()
+                    .unwrap_or(0) as f64
+                    / 1e6;
+                metrics
+                    .saga_duration
+                    .get_or_create(&labels)
+                    .observe(seconds);
+            }
         }
     }
 
@@ -283,25 +353,267 @@ impl Orchestrator {
         }
     }
 
-    /// One pass of the sweeper; returns how many sagas it looked at.
+    /// One pass of the sweeper, as one batch; returns how many sagas it looked at.
     pub async fn sweep(&self) -> Result<usize, HandleError> {
-        let due = sagas::due(&self.context.stores.pg, 200).await?;
-        for &(saga_id, _) in &due {
-            let cause = Cause {
+        let due = sagas::due(&self.context.stores.pg, SWEEP_BATCH).await?;
+        let batch: Vec<Incoming<'_>> = due
+            .iter()
+            .map(|&(saga_id, order_id)| Incoming {
+                saga_id,
+                order_id,
+                event: SagaEvent::DeadlinePassed,
                 message_id: None,
                 label: "deadline_passed",
                 traceparent: None,
-            };
+            })
+            .collect();
+        if let Err(e) = self.decide(&batch).await {
+            if let Undecided::Failed(e) = &e {
+                tracing::warn!(error = %e, "a sweep batch failed; driving its sagas one by one");
+            }
             // One saga that keeps failing must not hold back every deadline behind it.
-            if let Err(e) = self.drive(saga_id, SagaEvent::DeadlinePassed, cause).await {
-                tracing::warn!(saga_id = %saga_id, error = %e, "could not drive a saga past its deadline");
+            for incoming in batch {
+                if let Err(e) = self.decide_one(incoming).await {
+                    tracing::warn!(saga_id = %incoming.saga_id, error = %e, "could not drive a saga past its deadline");
+                }
             }
         }
         Ok(due.len())
     }
 }
 
-fn history_event(seq: i32, fact: Fact, saga_id: Uuid, at: chrono::DateTime<Utc>) -> HistoryEvent {
+/// What a batch decided for one order and its sagas, before anything is written.
+struct Decision {
+    /// The order as read (its version is the one the write checks) and as it now stands.
+    order: OrderRow,
+    change: Option<crate::domain::saga::OrderChange>,
+    in_charge: Uuid,
+    /// The order's sagas this batch touched, by id, with the version read.
+    sagas: HashMap<Uuid, (i64, Touched)>,
+    /// Commands to send: `(saga, command, trace)`.
+    commands: Vec<(Uuid, Command, String)>,
+    /// Facts for the history, each with the saga in charge when it was recorded.
+    facts: Vec<(Fact, Uuid)>,
+    log: Vec<(Uuid, String, Option<Uuid>, bool)>,
+    applied: Vec<Applied>,
+    trace: Option<String>,
+}
+
+/// A saga as the batch leaves it.
+struct Touched {
+    saga: Saga,
+    /// Started by this batch (a cancellation): inserted, not updated.
+    is_new: bool,
+    /// Changed by a transition that was not stale.
+    changed: bool,
+    /// The order change it finished with, if it finished in this batch.
+    finished: Option<crate::domain::saga::OrderChange>,
+}
+
+/// What one applied event is counted as.
+struct Applied {
+    stale_reply: bool,
+    retried: Option<crate::domain::saga::StepName>,
+}
+
+/// The batch's writes, one list per statement.
+#[derive(Default)]
+struct Writes<'a> {
+    saves: Vec<(Uuid, Saga, i64)>,
+    started: Vec<(Uuid, Uuid, Saga)>,
+    log: Vec<LogEntry<'a>>,
+    orders: Vec<OrderRecord>,
+    outgoing: Vec<Envelope>,
+}
+
+impl Decision {
+    fn new(order: OrderRow) -> Self {
+        Self {
+            in_charge: order.saga_id,
+            order,
+            change: None,
+            sagas: HashMap::new(),
+            commands: Vec::new(),
+            facts: Vec::new(),
+            log: Vec::new(),
+            applied: Vec::new(),
+            trace: None,
+        }
+    }
+
+    /// Applies one event to its saga as this batch has left it so far.
+    fn apply(
+        &mut self,
+        row: &SagaRow,
+        incoming: &Incoming<'_>,
+        now: DateTime<Utc>,
+        policy: &Policy,
+    ) {
+        let (_, touched) = self.sagas.entry(row.id).or_insert_with(|| {
+            (
+                row.version,
+                Touched {
+                    saga: row.saga.clone(),
+                    is_new: false,
+                    changed: false,
+                    finished: None,
+                },
+            )
+        });
+        // The cancel flag is the order's: a cancel recorded is seen by every saga of it.
+        touched.saga.cancel_requested |= self.order.cancel_requested_at.is_some();
+        let transition = touched.saga.apply(incoming.event, now, policy);
+        let is_reply = matches!(incoming.event, SagaEvent::Reply(_));
+        if transition.stale {
+            // A sweeper that lost the race to a reply: nothing worth logging.
+            if incoming.message_id.is_some() {
+                self.log
+                    .push((row.id, incoming.label.to_owned(), incoming.message_id, true));
+                self.applied.push(Applied {
+                    stale_reply: is_reply,
+                    retried: None,
+                });
+                tracing::info!(event = incoming.label, saga_id = %row.id, "stale event recorded and ignored");
+            }
+            return;
+        }
+        touched.changed = true;
+        // A reply that arrived to find a recorded cancel took that cancel, but itself applied
+        // to nothing: logged (and counted) as the stale reply it is.
+        self.log.push((
+            row.id,
+            incoming.label.to_owned(),
+            incoming.message_id,
+            transition.event_stale,
+        ));
+        self.applied.push(Applied {
+            stale_reply: transition.event_stale && is_reply,
+            retried: transition.retried,
+        });
+        if let Some(change) = transition.order {
+            touched.finished = Some(change);
+        }
+        let trace = messaging::child_traceparent(incoming.traceparent);
+        self.record_transition(row.id, &transition, now, policy, &trace);
+        self.trace = Some(trace);
+    }
+
+    /// Adds a transition's commands, facts and order change; starts the cancellation saga it
+    /// asks for.
+    fn record_transition(
+        &mut self,
+        saga_id: Uuid,
+        transition: &Transition,
+        now: DateTime<Utc>,
+        policy: &Policy,
+        trace: &str,
+    ) {
+        for command in &transition.commands {
+            self.commands.push((saga_id, *command, trace.to_owned()));
+        }
+        for fact in &transition.facts {
+            self.facts.push((*fact, self.in_charge));
+        }
+        if let Some(change) = transition.order {
+            self.change = Some(change);
+        }
+        if transition.start_cancellation {
+            let (cancellation, first) = Saga::cancellation(now, policy);
+            let id = Uuid::now_v7();
+            self.in_charge = id;
+            for command in &first.commands {
+                self.commands.push((id, *command, trace.to_owned()));
+            }
+            for fact in &first.facts {
+                self.facts.push((*fact, id));
+            }
+            if let Some(change) = first.order {
+                self.change = Some(change);
+            }
+            self.sagas.insert(
+                id,
+                (
+                    0,
+                    Touched {
+                        saga: cancellation,
+                        is_new: true,
+                        changed: true,
+                        finished: first.order,
+                    },
+                ),
+            );
+        }
+    }
+
+    fn moves_stock(&self) -> bool {
+        self.commands.iter().any(|(_, c, _)| c.action.moves_stock())
+    }
+
+    fn changed(&self) -> bool {
+        self.sagas.values().any(|(_, t)| t.changed)
+    }
+
+    /// Adds this order's writes to the batch's.
+    fn record<'a>(
+        &'a self,
+        lines: &HashMap<Uuid, Vec<Line>>,
+        now: DateTime<Utc>,
+        writes: &mut Writes<'a>,
+    ) {
+        for (saga_id, event, message_id, stale) in &self.log {
+            writes.log.push(LogEntry {
+                saga_id: *saga_id,
+                event,
+                message_id: *message_id,
+                stale: *stale,
+            });
+        }
+        if !self.changed() {
+            return;
+        }
+        for (&id, (seen, touched)) in &self.sagas {
+            if touched.is_new {
+                writes
+                    .started
+                    .push((id, self.order.id, touched.saga.clone()));
+            } else if touched.changed {
+                writes.saves.push((id, touched.saga.clone(), *seen));
+            }
+        }
+        let order = &self.order;
+        let no_lines = Vec::new();
+        let lines = lines.get(&order.id).unwrap_or(&no_lines);
+        for (saga_id, command, trace) in &self.commands {
+            let body = Body::command(command.action, lines, order.customer_id, order.total_minor);
+            writes.outgoing.push(
+                Envelope::new(*saga_id, order.id, command.attempt, body)
+                    .with_traceparent(Some(trace.clone())),
+            );
+        }
+        let events: Vec<HistoryEvent> = self
+            .facts
+            .iter()
+            .zip(order.last_seq + 1..)
+            .map(|((fact, saga_id), seq)| history_event(seq, *fact, *saga_id, now))
+            .collect();
+        let last_seq = order.last_seq + events.len() as i32;
+        if !events.is_empty() {
+            writes.outgoing.push(
+                Envelope::new(self.in_charge, order.id, 1, Body::History { events })
+                    .with_traceparent(self.trace.clone()),
+            );
+        }
+        writes.orders.push(OrderRecord {
+            id: order.id,
+            seen_version: order.version,
+            change: self.change,
+            saga_id: self.in_charge,
+            last_seq,
+        });
+    }
+}
+
+fn history_event(seq: i32, fact: Fact, saga_id: Uuid, at: DateTime<Utc>) -> HistoryEvent {
     let mut data = json!({ "saga_id": saga_id });
     if let Some(step) = fact.step {
         data["step"] = json!(step.as_str());

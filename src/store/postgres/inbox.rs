@@ -5,24 +5,6 @@ use std::{collections::HashSet, time::Duration};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// Records `message_id` as processed by `consumer` in the caller's transaction; `false` when it
-/// was already (a redelivery: the caller must change nothing). A copy processed concurrently
-/// waits here for the first to commit or roll back.
-pub async fn claim(
-    conn: &mut PgConnection,
-    consumer: &str,
-    message_id: Uuid,
-) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(consumer)
-    .bind(message_id)
-    .execute(conn)
-    .await?;
-    Ok(inserted.rows_affected() == 1)
-}
-
 /// Records every id of `message_ids` as processed by `consumer` in the caller's transaction, in
 /// one statement; returns those that were new (the rest are redeliveries: change nothing for
 /// them). Copies claimed by a concurrent transaction are waited for.

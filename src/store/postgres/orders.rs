@@ -131,31 +131,64 @@ pub async fn request_cancel(
     .await
 }
 
-/// Records what a saga transition did to the order, if the order is still at `seen_version`:
-/// its new status, the saga now in charge, and the seq of its newest history event.
-pub async fn record(
+/// The orders of `ids`, locked for the caller's transaction (in id order; before their sagas,
+/// see [`super::sagas::lock`]).
+pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM orders o WHERE o.id = ANY($1) ORDER BY o.id FOR UPDATE"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// What saga transitions did to an order, to be recorded if it is still at `seen_version`.
+pub struct OrderRecord {
+    pub id: Uuid,
+    pub seen_version: i64,
+    pub change: Option<OrderChange>,
+    pub saga_id: Uuid,
+    pub last_seq: i32,
+}
+
+/// Records several orders' changes in one statement (see [`record`]); `false`, having written
+/// some perhaps, when any order had moved (the caller rolls back and decides again).
+pub async fn record_many(
     conn: &mut PgConnection,
-    id: Uuid,
-    seen_version: i64,
-    change: Option<OrderChange>,
-    saga_id: Uuid,
-    last_seq: i32,
+    records: &[OrderRecord],
 ) -> Result<bool, sqlx::Error> {
+    if records.is_empty() {
+        return Ok(true);
+    }
+    let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+    let seen: Vec<i64> = records.iter().map(|r| r.seen_version).collect();
+    let statuses: Vec<Option<&str>> = records
+        .iter()
+        .map(|r| r.change.map(|c| c.status.as_str()))
+        .collect();
+    let reasons: Vec<Option<&str>> = records
+        .iter()
+        .map(|r| r.change.and_then(|c| c.reason).map(OrderReason::as_str))
+        .collect();
+    let sagas: Vec<Uuid> = records.iter().map(|r| r.saga_id).collect();
+    let seqs: Vec<i32> = records.iter().map(|r| r.last_seq).collect();
     let done = sqlx::query(
-        "UPDATE orders SET status = COALESCE($3, status), reason = CASE WHEN $3 IS NULL \
-                THEN reason ELSE $4 END, saga_id = $5, last_seq = $6, version = version + 1, \
-                updated_at = now() \
-         WHERE id = $1 AND version = $2",
+        "UPDATE orders o SET status = COALESCE(u.status, o.status), \
+                reason = CASE WHEN u.status IS NULL THEN o.reason ELSE u.reason END, \
+                saga_id = u.saga, last_seq = u.seq, version = o.version + 1, updated_at = now() \
+           FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::uuid[], \
+                       $6::int[]) AS u(id, seen, status, reason, saga, seq) \
+          WHERE o.id = u.id AND o.version = u.seen",
     )
-    .bind(id)
-    .bind(seen_version)
-    .bind(change.map(|c| c.status.as_str()))
-    .bind(change.and_then(|c| c.reason).map(OrderReason::as_str))
-    .bind(saga_id)
-    .bind(last_seq)
+    .bind(&ids)
+    .bind(&seen)
+    .bind(&statuses)
+    .bind(&reasons)
+    .bind(&sagas)
+    .bind(&seqs)
     .execute(conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done.rows_affected() == records.len() as u64)
 }
 
 /// Has the customer a confirmed order containing the product?

@@ -4,7 +4,6 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, types::Json};
 use uuid::Uuid;
 
-use super::orders::{self, OrderRow};
 use crate::domain::{
     order::OrderReason,
     reservation::Record,
@@ -19,8 +18,8 @@ pub struct SagaRow {
     pub saga: Saga,
 }
 
-// The columns an order shares a name with are aliased, so a row can carry both (see
-// `find_with_order`).
+// The columns an order shares a name with are aliased, so they can be selected beside an
+// order's in one row.
 #[derive(sqlx::FromRow)]
 struct Raw {
     #[sqlx(rename = "saga_row_id")]
@@ -68,39 +67,6 @@ const COLUMNS: &str = "s.id AS saga_row_id, s.order_id, to_jsonb(s.kind) AS kind
     (SELECT x.cancel_requested_at IS NOT NULL FROM orders x WHERE x.id = s.order_id) \
       AS cancel_requested";
 
-#[derive(sqlx::FromRow)]
-struct WithOrder {
-    #[sqlx(flatten)]
-    saga: Raw,
-    #[sqlx(flatten)]
-    order: OrderRow,
-}
-
-pub async fn insert(
-    conn: &mut PgConnection,
-    id: Uuid,
-    order_id: Uuid,
-    saga: &Saga,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO sagas (id, order_id, kind, state, reason, steps, deadline_at, started_at, \
-                            finished_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(id)
-    .bind(order_id)
-    .bind(saga.kind.as_str())
-    .bind(saga.state.as_str())
-    .bind(saga.reason.map(OrderReason::as_str))
-    .bind(Json(&saga.steps))
-    .bind(saga.deadline)
-    .bind(saga.started_at)
-    .bind(saga.finished_at)
-    .execute(conn)
-    .await
-    .map(drop)
-}
-
 pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, sqlx::Error> {
     let raw: Option<Raw> =
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM sagas s WHERE s.id = $1"))
@@ -108,21 +74,6 @@ pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, 
             .fetch_optional(conn)
             .await?;
     Ok(raw.map(SagaRow::from))
-}
-
-/// The saga and the order it belongs to, in one read.
-pub async fn find_with_order(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> Result<Option<(SagaRow, OrderRow)>, sqlx::Error> {
-    let row: Option<WithOrder> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS}, {} FROM sagas s JOIN orders o ON o.id = s.order_id WHERE s.id = $1",
-        orders::COLUMNS
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|r| (r.saga.into(), r.order)))
 }
 
 pub async fn find_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<SagaRow>, sqlx::Error> {
@@ -135,47 +86,132 @@ pub async fn find_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<SagaRow>, sqlx
     Ok(raw.into_iter().map(SagaRow::from).collect())
 }
 
-/// Stores `saga` if the row is still at `seen_version`; `false` when another writer moved it
-/// first (the caller re-reads and decides again).
-pub async fn save(
-    conn: &mut PgConnection,
-    id: Uuid,
-    saga: &Saga,
-    seen_version: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE sagas SET state = $3, reason = $4, steps = $5, deadline_at = $6, \
-                finished_at = $7, version = version + 1 \
-         WHERE id = $1 AND version = $2",
-    )
-    .bind(id)
-    .bind(seen_version)
-    .bind(saga.state.as_str())
-    .bind(saga.reason.map(OrderReason::as_str))
-    .bind(Json(&saga.steps))
-    .bind(saga.deadline)
-    .bind(saga.finished_at)
-    .execute(conn)
+/// The sagas of `ids`, locked for the caller's transaction (in id order). Lock their orders
+/// first ([`super::orders::lock`]): every writer of both takes orders, then sagas, so two never
+/// wait on each other in a circle.
+pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<SagaRow>, sqlx::Error> {
+    let raw: Vec<Raw> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM sagas s WHERE s.id = ANY($1) ORDER BY s.id FOR UPDATE"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(raw.into_iter().map(SagaRow::from).collect())
 }
 
-/// Appends to the saga's log what it was told, and whether it was stale.
-pub async fn log(
+/// Stores each saga if its row is still at its seen version; `false`, having written some of
+/// them perhaps, when any row had moved (the caller rolls back and decides again).
+pub async fn save_many(
     conn: &mut PgConnection,
-    saga_id: Uuid,
-    event: &str,
-    message_id: Option<Uuid>,
-    stale: bool,
+    sagas: &[(Uuid, &Saga, i64)],
+) -> Result<bool, sqlx::Error> {
+    if sagas.is_empty() {
+        return Ok(true);
+    }
+    let ids: Vec<Uuid> = sagas.iter().map(|(id, _, _)| *id).collect();
+    let seen: Vec<i64> = sagas.iter().map(|(_, _, v)| *v).collect();
+    let states: Vec<&str> = sagas.iter().map(|(_, s, _)| s.state.as_str()).collect();
+    let reasons: Vec<Option<&str>> = sagas
+        .iter()
+        .map(|(_, s, _)| s.reason.map(OrderReason::as_str))
+        .collect();
+    let steps: Vec<Json<&Vec<Step>>> = sagas.iter().map(|(_, s, _)| Json(&s.steps)).collect();
+    let deadlines: Vec<Option<DateTime<Utc>>> = sagas.iter().map(|(_, s, _)| s.deadline).collect();
+    let finished: Vec<Option<DateTime<Utc>>> =
+        sagas.iter().map(|(_, s, _)| s.finished_at).collect();
+    let done = sqlx::query(
+        "UPDATE sagas s SET state = u.state, reason = u.reason, steps = u.steps, \
+                deadline_at = u.deadline, finished_at = u.finished, version = s.version + 1 \
+           FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], \
+                       $6::timestamptz[], $7::timestamptz[]) \
+                AS u(id, seen, state, reason, steps, deadline, finished) \
+          WHERE s.id = u.id AND s.version = u.seen",
+    )
+    .bind(&ids)
+    .bind(&seen)
+    .bind(&states)
+    .bind(&reasons)
+    .bind(&steps)
+    .bind(&deadlines)
+    .bind(&finished)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == sagas.len() as u64)
+}
+
+/// Inserts new sagas `(id, order, saga)` in one statement.
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    sagas: &[(Uuid, Uuid, &Saga)],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO saga_log (saga_id, event, message_id, stale) VALUES ($1, $2, $3, $4)")
-        .bind(saga_id)
-        .bind(event)
-        .bind(message_id)
-        .bind(stale)
-        .execute(conn)
-        .await
-        .map(drop)
+    if sagas.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = sagas.iter().map(|(id, _, _)| *id).collect();
+    let orders: Vec<Uuid> = sagas.iter().map(|(_, o, _)| *o).collect();
+    let kinds: Vec<&str> = sagas.iter().map(|(_, _, s)| s.kind.as_str()).collect();
+    let states: Vec<&str> = sagas.iter().map(|(_, _, s)| s.state.as_str()).collect();
+    let reasons: Vec<Option<&str>> = sagas
+        .iter()
+        .map(|(_, _, s)| s.reason.map(OrderReason::as_str))
+        .collect();
+    let steps: Vec<Json<&Vec<Step>>> = sagas.iter().map(|(_, _, s)| Json(&s.steps)).collect();
+    let deadlines: Vec<Option<DateTime<Utc>>> = sagas.iter().map(|(_, _, s)| s.deadline).collect();
+    let started: Vec<DateTime<Utc>> = sagas.iter().map(|(_, _, s)| s.started_at).collect();
+    let finished: Vec<Option<DateTime<Utc>>> =
+        sagas.iter().map(|(_, _, s)| s.finished_at).collect();
+    sqlx::query(
+        "INSERT INTO sagas (id, order_id, kind, state, reason, steps, deadline_at, started_at, \
+                            finished_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
+                              $6::jsonb[], $7::timestamptz[], $8::timestamptz[], \
+                              $9::timestamptz[])",
+    )
+    .bind(&ids)
+    .bind(&orders)
+    .bind(&kinds)
+    .bind(&states)
+    .bind(&reasons)
+    .bind(&steps)
+    .bind(&deadlines)
+    .bind(&started)
+    .bind(&finished)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// One entry of a saga's log: what it was told, by which message, and whether it was stale.
+pub struct LogEntry<'a> {
+    pub saga_id: Uuid,
+    pub event: &'a str,
+    pub message_id: Option<Uuid>,
+    pub stale: bool,
+}
+
+/// Appends entries to sagas' logs in one statement.
+pub async fn log_many(
+    conn: &mut PgConnection,
+    entries: &[LogEntry<'_>],
+) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let sagas: Vec<Uuid> = entries.iter().map(|e| e.saga_id).collect();
+    let events: Vec<&str> = entries.iter().map(|e| e.event).collect();
+    let messages: Vec<Option<Uuid>> = entries.iter().map(|e| e.message_id).collect();
+    let stale: Vec<bool> = entries.iter().map(|e| e.stale).collect();
+    sqlx::query(
+        "INSERT INTO saga_log (saga_id, event, message_id, stale) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bool[])",
+    )
+    .bind(&sagas)
+    .bind(&events)
+    .bind(&messages)
+    .bind(&stale)
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// Forgets the log of sagas that ended, entry by entry as each grows older than `age`; the
