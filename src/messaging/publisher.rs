@@ -71,6 +71,21 @@ impl Outgoing {
     }
 }
 
+/// Messages published and not yet known to be confirmed.
+pub struct InFlight(Vec<lapin::publisher_confirm::PublisherConfirm>);
+
+impl InFlight {
+    /// Waits for every confirm; an error if RabbitMQ refused any message.
+    pub async fn confirmed(self) -> Result<(), PublishError> {
+        for confirm in self.0 {
+            if let Confirmation::Nack(_) = confirm.await? {
+                return Err(PublishError::Refused);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A channel in confirm mode.
 pub struct Publisher {
     channel: Channel,
@@ -89,6 +104,13 @@ impl Publisher {
     /// Publishes every message, then waits for all the confirms at once (one round trip for
     /// the batch, not one per message).
     pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
+        self.publish(messages).await?.confirmed().await
+    }
+
+    /// Publishes every message and returns without waiting for RabbitMQ to confirm them: the
+    /// caller awaits [`InFlight::confirmed`] when it needs to know, and may publish more
+    /// meanwhile.
+    pub async fn publish(&self, messages: &[Outgoing]) -> Result<InFlight, PublishError> {
         let mut confirms = Vec::with_capacity(messages.len());
         for message in messages {
             let confirm = self
@@ -103,12 +125,7 @@ impl Publisher {
                 .await?;
             confirms.push(confirm);
         }
-        for confirm in confirms {
-            if let Confirmation::Nack(_) = confirm.await? {
-                return Err(PublishError::Refused);
-            }
-        }
-        Ok(())
+        Ok(InFlight(confirms))
     }
 
     /// Publishes raw bytes straight to a queue (retry and dead-letter queues).

@@ -1,13 +1,16 @@
 //! The relay: moves outbox rows to RabbitMQ.
 //!
 //! A pass deletes a batch of the oldest rows, skipping rows other relays hold (so any number
-//! of relays share the work without waiting on each other), publishes them, waits for
-//! RabbitMQ's confirms and only then commits the delete. A crash between the confirm and the
-//! commit publishes the batch again later: consumers dedupe by message id. The relay sleeps
-//! until Postgres notifies it of new rows (`LISTEN orderly_outbox`), or a short poll interval
-//! passes in case a notification was lost while reconnecting.
+//! of relays share the work without waiting on each other), publishes them, and commits the
+//! delete only once RabbitMQ has confirmed them. Passes overlap: while one batch waits for its
+//! confirms, the next is taken and published, up to [`WINDOW`] batches in flight, each
+//! committed as its confirms arrive, oldest first. A crash between a confirm and its commit
+//! publishes that batch again later: consumers dedupe by message id. The relay sleeps until
+//! Postgres notifies it of new rows (`LISTEN orderly_outbox`), or a short poll interval passes
+//! in case a notification was lost while reconnecting; every notification already queued is
+//! answered by one pass, not one pass each.
 
-use std::time::Instant;
+use std::{collections::VecDeque, time::Instant};
 
 use lapin::BasicProperties;
 use sqlx::postgres::PgListener;
@@ -18,7 +21,7 @@ use crate::{
     messaging::{
         self,
         envelope::{Envelope, Exchange},
-        publisher::{self, Outgoing, PublishError, Publisher},
+        publisher::{self, InFlight, Outgoing, PublishError, Publisher},
     },
     store::postgres::outbox,
 };
@@ -63,14 +66,30 @@ async fn relay(context: &RoleContext, shutdown: &watch::Receiver<bool>) -> Resul
     listener.listen("orderly_outbox").await?;
     tracing::info!("relaying the outbox");
     let mut shutdown = shutdown.clone();
+    let mut in_flight: VecDeque<Batch> = VecDeque::new();
     let outcome = loop {
         if *shutdown.borrow() {
             break Ok(());
         }
-        match pass(context, &publisher).await {
-            Ok(n) if n as i64 >= context.settings.relay_batch => continue,
-            Ok(_) => {}
-            Err(e) => break Err(e),
+        // Every notification that came while the last pass ran is for rows this pass takes.
+        while listener.next_buffered().is_some() {}
+        // Take while the window has room: rows that came while the last batch was published
+        // go out before its confirms are awaited.
+        if in_flight.len() < WINDOW {
+            match take(context, &publisher).await {
+                Ok(Some(batch)) => {
+                    in_flight.push_back(batch);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+        }
+        if let Some(oldest) = in_flight.pop_front() {
+            if let Err(e) = oldest.settle().await {
+                break Err(e);
+            }
+            continue;
         }
         tokio::select! {
             notified = listener.recv() => {
@@ -83,22 +102,45 @@ async fn relay(context: &RoleContext, shutdown: &watch::Receiver<bool>) -> Resul
             _ = shutdown.changed() => {}
         }
     };
+    // What is published and unsettled is confirmed and committed before stopping, if it can be;
+    // otherwise its delete rolls back and it is published again later.
+    for batch in in_flight {
+        if batch.settle().await.is_err() {
+            break;
+        }
+    }
     publisher.close().await;
     let _ = connection.close(200, "stopping").await;
     outcome
 }
 
-/// Publishes one batch; returns how many rows it moved.
-async fn pass(context: &RoleContext, publisher: &Publisher) -> Result<usize, RelayError> {
+/// Batches published and waiting for their confirms at once, at most.
+const WINDOW: usize = 2;
+
+/// A batch taken from the outbox and published: its delete commits once RabbitMQ confirms it.
+struct Batch {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    published: InFlight,
+}
+
+impl Batch {
+    async fn settle(self) -> Result<(), RelayError> {
+        self.published.confirmed().await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Takes and publishes one batch; `None` when the outbox had nothing for this relay.
+async fn take(context: &RoleContext, publisher: &Publisher) -> Result<Option<Batch>, RelayError> {
     let mut tx = context.stores.pg.begin().await?;
     let rows = outbox::take(&mut tx, context.settings.relay_batch).await?;
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     let messages: Vec<Outgoing> = rows.into_iter().map(outgoing).collect();
-    publisher.publish_all(&messages).await?;
-    tx.commit().await?;
-    Ok(messages.len())
+    let published = publisher.publish(&messages).await?;
+    Ok(Some(Batch { tx, published }))
 }
 
 /// A row as a message. Its headers come from the envelope; a body this build cannot decode is

@@ -36,7 +36,7 @@ use crate::{
         history::OrderHistory,
         postgres::{
             checkout::{self, Placement},
-            orders::{self, ItemRow, NewOrder, OrderRow},
+            orders::{self, NewOrder},
             outbox, products,
             sagas::{self, SagaRow},
         },
@@ -44,12 +44,7 @@ use crate::{
 };
 
 /// An order with its items and the saga now in charge of it.
-#[derive(Debug, Clone)]
-pub struct OrderView {
-    pub order: OrderRow,
-    pub items: Vec<ItemRow>,
-    pub saga: SagaRow,
-}
+pub type OrderView = orders::OrderWithSaga;
 
 /// Who is asking: `None` for the admin, or the customer whose orders alone may be seen.
 pub type Viewer = Option<Uuid>;
@@ -244,14 +239,10 @@ impl Orders {
 
     /// An order the viewer may see.
     pub async fn view(&self, viewer: Viewer, order_id: Uuid) -> Result<OrderView, ServiceError> {
-        let mut conn = self.stores.pg.acquire().await?;
-        let order = orders::find(&mut conn, order_id)
+        orders::find_with_saga(&self.stores.pg, order_id)
             .await?
-            .filter(|o| viewer.is_none_or(|c| c == o.customer_id))
-            .ok_or(ServiceError::NotFound("order"))?;
-        drop(conn);
-        let mut views = self.assemble(vec![order]).await?;
-        views.pop().ok_or(ServiceError::NotFound("order"))
+            .filter(|v| viewer.is_none_or(|c| c == v.order.customer_id))
+            .ok_or(ServiceError::NotFound("order"))
     }
 
     /// Like [`Self::view`], but while the order is `pending` waits up to `wait` for it to
@@ -293,8 +284,7 @@ impl Orders {
         before: Option<Uuid>,
         limit: i64,
     ) -> Result<Page<OrderView>, ServiceError> {
-        let rows = orders::list(&self.stores.pg, viewer, status, before, limit + 1).await?;
-        let views = self.assemble(rows).await?;
+        let views = orders::list(&self.stores.pg, viewer, status, before, limit + 1).await?;
         Ok(Page::from_overfetch(views, limit, |v| v.order.id))
     }
 
@@ -363,33 +353,6 @@ impl Orders {
             Some(o) if viewer.is_none_or(|c| c == o.customer_id) => Ok(saga),
             _ => Err(ServiceError::NotFound("saga")),
         }
-    }
-
-    /// Joins orders with their items and sagas: two queries for any number of orders.
-    async fn assemble(&self, rows: Vec<OrderRow>) -> Result<Vec<OrderView>, ServiceError> {
-        let ids: Vec<Uuid> = rows.iter().map(|o| o.id).collect();
-        let saga_ids: Vec<Uuid> = rows.iter().map(|o| o.saga_id).collect();
-        let (items, sagas) = tokio::try_join!(
-            orders::items(&self.stores.pg, &ids),
-            sagas::find_many(&self.stores.pg, &saga_ids),
-        )?;
-        let mut items_by_order: HashMap<Uuid, Vec<ItemRow>> = HashMap::new();
-        for item in items {
-            items_by_order.entry(item.order_id).or_default().push(item);
-        }
-        let mut sagas: HashMap<Uuid, SagaRow> = sagas.into_iter().map(|s| (s.id, s)).collect();
-        rows.into_iter()
-            .map(|order| {
-                let saga = sagas
-                    .remove(&order.saga_id)
-                    .ok_or(ServiceError::NotFound("saga"))?;
-                Ok(OrderView {
-                    items: items_by_order.remove(&order.id).unwrap_or_default(),
-                    saga,
-                    order,
-                })
-            })
-            .collect()
     }
 
     /// Keeps the count of pending orders that admission control reads, until shutdown.

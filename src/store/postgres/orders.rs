@@ -1,8 +1,10 @@
 //! Orders, their items and the checkout idempotency keys.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, types::Json};
 use uuid::Uuid;
+
+use super::sagas::SagaRow;
 
 use crate::domain::{
     order::{OrderReason, OrderStatus},
@@ -87,26 +89,99 @@ pub async fn items(
     .await
 }
 
-/// A page of orders, newest first: a customer's or everyone's, optionally of one status.
+/// An order as the API shows it: with its lines and the saga now in charge, read together.
+#[derive(Debug, Clone)]
+pub struct OrderWithSaga {
+    pub order: OrderRow,
+    pub items: Vec<ItemRow>,
+    pub saga: SagaRow,
+}
+
+#[derive(sqlx::FromRow)]
+struct WithSaga {
+    #[sqlx(flatten)]
+    order: OrderRow,
+    #[sqlx(flatten)]
+    saga: super::sagas::Raw,
+    items: Json<Vec<ItemJson>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ItemJson {
+    product_id: Uuid,
+    quantity: i32,
+    price_minor: i64,
+}
+
+impl From<WithSaga> for OrderWithSaga {
+    fn from(row: WithSaga) -> Self {
+        let order_id = row.order.id;
+        Self {
+            items: row
+                .items
+                .0
+                .into_iter()
+                .map(|i| ItemRow {
+                    order_id,
+                    product_id: i.product_id,
+                    quantity: i.quantity,
+                    price_minor: i.price_minor,
+                })
+                .collect(),
+            saga: row.saga.into(),
+            order: row.order,
+        }
+    }
+}
+
+/// `SELECT` list of [`WithSaga`]: the order, its saga in charge, and its lines as JSON.
+fn with_saga_columns() -> String {
+    format!(
+        "{COLUMNS}, {}, (SELECT COALESCE(json_agg(json_build_object('product_id', i.product_id, \
+         'quantity', i.quantity, 'price_minor', i.price_minor) ORDER BY i.line), '[]') \
+         FROM order_items i WHERE i.order_id = o.id) AS items",
+        super::sagas::COLUMNS
+    )
+}
+
+/// An order with its lines and saga, in one read.
+pub async fn find_with_saga(
+    conn: impl sqlx::PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<OrderWithSaga>, sqlx::Error> {
+    let row: Option<WithSaga> = sqlx::query_as(&format!(
+        "SELECT {} FROM orders o JOIN sagas s ON s.id = o.saga_id WHERE o.id = $1",
+        with_saga_columns()
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(Into::into))
+}
+
+/// A page of orders with their lines and sagas, newest first: a customer's or everyone's,
+/// optionally of one status.
 pub async fn list(
     pool: &PgPool,
     customer_id: Option<Uuid>,
     status: Option<OrderStatus>,
     before: Option<Uuid>,
     limit: i64,
-) -> Result<Vec<OrderRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM orders o \
-         WHERE ($1::uuid IS NULL OR customer_id = $1) AND ($2::text IS NULL OR status = $2) \
-           AND ($3::uuid IS NULL OR id < $3) \
-         ORDER BY id DESC LIMIT $4"
+) -> Result<Vec<OrderWithSaga>, sqlx::Error> {
+    let rows: Vec<WithSaga> = sqlx::query_as(&format!(
+        "SELECT {} FROM orders o JOIN sagas s ON s.id = o.saga_id \
+         WHERE ($1::uuid IS NULL OR o.customer_id = $1) AND ($2::text IS NULL OR o.status = $2) \
+           AND ($3::uuid IS NULL OR o.id < $3) \
+         ORDER BY o.id DESC LIMIT $4",
+        with_saga_columns()
     ))
     .bind(customer_id)
     .bind(status.map(OrderStatus::as_str))
     .bind(before)
     .bind(limit)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
 }
 
 /// Records a customer's cancel, once, if the order is the viewer's (`None`: the admin) and has

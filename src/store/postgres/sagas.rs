@@ -21,7 +21,7 @@ pub struct SagaRow {
 // The columns an order shares a name with are aliased, so they can be selected beside an
 // order's in one row.
 #[derive(sqlx::FromRow)]
-struct Raw {
+pub(super) struct Raw {
     #[sqlx(rename = "saga_row_id")]
     id: Uuid,
     order_id: Uuid,
@@ -61,7 +61,7 @@ impl From<Raw> for SagaRow {
 // kind and state are plain text columns; `to_jsonb` lets serde read them as the domain enums.
 // Whether the customer's cancel is recorded is the order's, read with every saga (see
 // `Saga::cancel_requested`).
-const COLUMNS: &str = "s.id AS saga_row_id, s.order_id, to_jsonb(s.kind) AS kind, \
+pub(super) const COLUMNS: &str = "s.id AS saga_row_id, s.order_id, to_jsonb(s.kind) AS kind, \
     to_jsonb(s.state) AS state, s.reason AS saga_reason, s.steps, s.deadline_at, \
     s.version AS saga_version, s.started_at, s.finished_at, \
     (SELECT x.cancel_requested_at IS NOT NULL FROM orders x WHERE x.id = s.order_id) \
@@ -74,16 +74,6 @@ pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, 
             .fetch_optional(conn)
             .await?;
     Ok(raw.map(SagaRow::from))
-}
-
-pub async fn find_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<SagaRow>, sqlx::Error> {
-    let raw: Vec<Raw> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM sagas s WHERE s.id = ANY($1)"
-    ))
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
-    Ok(raw.into_iter().map(SagaRow::from).collect())
 }
 
 /// The sagas of `ids`, locked for the caller's transaction (in id order). Lock their orders
