@@ -87,9 +87,10 @@ async fn history_ending(app: &TestApp, order: &str, last: &str) -> Vec<Value> {
     panic!("the history of {order} never ended in {last}");
 }
 
-#[tokio::test]
-async fn a_cancel_recorded_while_a_failure_is_compensated_ends_cancelled_by_the_customer() {
-    let mut app = spawn_app_with_roles(&ONE_AT_A_TIME, &[Role::Relay, Role::History]).await;
+/// A declined payment being compensated, a cancel recorded after the release's reply was queued;
+/// the orchestrator then meets the queued replies and the cancel with `settings`.
+async fn cancel_while_compensating(settings: &[(&str, &str)]) {
+    let mut app = spawn_app_with_roles(settings, &[Role::Relay, Role::History]).await;
     let product = app.create_product(PRICE, 4).await;
     let (customer, token) = app.create_customer(PRICE - 1).await;
     let placed = app.place_order(&token, "broke", &[(product, 1)]).await;
@@ -134,6 +135,18 @@ async fn a_cancel_recorded_while_a_failure_is_compensated_ends_cancelled_by_the_
         events.last().unwrap()["data"]["reason"],
         "cancelled_by_customer"
     );
+}
+
+#[tokio::test]
+async fn a_cancel_recorded_while_a_failure_is_compensated_ends_cancelled_by_the_customer() {
+    cancel_while_compensating(&ONE_AT_A_TIME).await;
+}
+
+#[tokio::test]
+async fn a_batch_holding_a_cancel_and_the_replies_it_overtook_ends_cancelled_by_the_customer() {
+    // The stale reserve reply, the release's reply and the cancel, queued before the
+    // orchestrator starts, are one batch: applied in delivery order to one copy of the saga.
+    cancel_while_compensating(&[("ORDERLY_BATCH_LINGER_MS", "500")]).await;
 }
 
 #[tokio::test]

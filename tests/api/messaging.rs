@@ -337,3 +337,94 @@ async fn a_retried_message_returns_to_its_queue_when_its_delay_runs_out() {
     assert_eq!(back.expect("back in its queue").delivery.data, b"later");
     let _ = connection.close(200, "done").await;
 }
+
+#[tokio::test]
+async fn a_poison_message_inside_a_batch_is_dead_lettered_alone() {
+    // Long enough a linger that the four messages below are one batch.
+    let app = spawn_app_with_roles(&[("ORDERLY_BATCH_LINGER_MS", "500")], &[Role::Payments]).await;
+    let (first, _) = app.create_customer(10_000).await;
+    let (second, _) = app.create_customer(10_000).await;
+    let (connection, channel, topology) = broker(&app).await;
+    let charge = |customer, amount| {
+        Envelope::new(
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            1,
+            Body::ChargePayment {
+                customer_id: customer,
+                amount_minor: amount,
+            },
+        )
+    };
+    let (a, b) = (charge(first, 1_000), charge(second, 2_000));
+    // A reply sent to payments by mistake: it decodes, but payments must refuse it.
+    let stray = Envelope::new(Uuid::now_v7(), Uuid::now_v7(), 1, Body::StockReserved);
+    let queue = topology.queue(Queue::Payments);
+    for payload in [
+        serde_json::to_vec(&a).unwrap(),
+        POISON.as_bytes().to_vec(),
+        serde_json::to_vec(&stray).unwrap(),
+        serde_json::to_vec(&b).unwrap(),
+    ] {
+        channel
+            .basic_publish(
+                "",
+                &queue,
+                BasicPublishOptions::default(),
+                &payload,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    // The two charges went through, each once...
+    for _ in 0..100 {
+        if app.balance(first).await == 9_000 && app.balance(second).await == 8_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        (app.balance(first).await, app.balance(second).await),
+        (9_000, 8_000)
+    );
+    // ...and the two messages nobody could process went to the dead letters, each with its own
+    // reason, while the batch was acked whole.
+    let mut reasons = Vec::new();
+    for _ in 0..2 {
+        let dead = dead_letter(&channel, &topology, Queue::Payments).await;
+        let headers = dead.delivery.properties.headers().clone().unwrap();
+        if let Some(lapin::types::AMQPValue::LongString(reason)) =
+            headers.inner().get("x-orderly-reason")
+        {
+            reasons.push(String::from_utf8_lossy(reason.as_bytes()).into_owned());
+        }
+    }
+    reasons.sort();
+    assert!(reasons[0].starts_with("malformed message"), "{reasons:?}");
+    assert_eq!(reasons[1], "payments does not handle stock_reserved");
+    let waiting = channel
+        .queue_declare(
+            &queue,
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
+    assert_eq!(waiting, 0, "nothing left in the queue");
+    // The refused message's inbox claim was taken back: a later copy is not taken for done.
+    let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE message_id = $1")
+        .bind(stray.message_id)
+        .fetch_one(&app.stores.pg)
+        .await
+        .unwrap();
+    assert_eq!(claimed, 0);
+    let _ = connection.close(200, "done").await;
+}

@@ -3,9 +3,12 @@
 //! Participants follow the same rules as `reserve.lua`/`release.lua` and the payments role:
 //! first outcome wins per order, and an undo that arrives first leaves a tombstone. The network
 //! delivers in any order, duplicates and loses messages; the customer may cancel at any moment;
-//! deadlines fire whenever the test says so. Whatever happens, once the network is drained every
-//! saga has ended, stock and money are conserved, and the order's status agrees with them; a
-//! cancel the API recorded ends the order `cancelled/cancelled_by_customer`.
+//! deadlines fire whenever the test says so. The orchestrator may also take several messages as
+//! one batch: applied to copies of the sagas in delivery order and written back at once, unless
+//! another event moved one of those sagas meanwhile (a lost version race), and then each message
+//! is applied again on its own. Whatever happens, once the network is drained every saga has
+//! ended, stock and money are conserved, and the order's status agrees with them; a cancel the
+//! API recorded ends the order `cancelled/cancelled_by_customer`.
 
 use chrono::TimeZone;
 use proptest::prelude::*;
@@ -47,6 +50,13 @@ enum Op {
     Lose(usize),
     Cancel,
     Tick,
+    /// The orchestrator takes up to `size` of its messages as one batch; with `race`, the
+    /// message at `racer` is delivered while the batch is being decided.
+    Batch {
+        size: usize,
+        race: bool,
+        racer: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -56,6 +66,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Lose),
         1 => Just(Op::Cancel),
         1 => Just(Op::Tick),
+        3 => (2..=4usize, any::<bool>(), any::<usize>())
+            .prop_map(|(size, race, racer)| Op::Batch { size, race, racer }),
     ]
 }
 
@@ -227,7 +239,58 @@ impl World {
                 self.network.push(Message::Cancel);
             }
             Op::Tick => self.tick(),
+            Op::Batch { size, race, racer } => self.batch(size, race, racer),
             _ => {}
+        }
+    }
+
+    /// The orchestrator's batch: up to `size` replies and cancels, decided on copies of the
+    /// sagas in delivery order, written back together; or, if `race` delivers a message that
+    /// moves one of those sagas first, dropped and each message decided again on its own.
+    fn batch(&mut self, size: usize, race: bool, racer: usize) {
+        let mut taken = Vec::new();
+        let mut i = 0;
+        while i < self.network.len() && taken.len() < size {
+            if matches!(self.network[i], Message::Reply(..) | Message::Cancel) {
+                taken.push(self.network.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        let mut copies = self.sagas.clone();
+        let mut decided = Vec::new();
+        for &message in &taken {
+            let saga = match message {
+                Message::Reply(saga, _) => saga,
+                _ => copies.len() - 1,
+            };
+            let event = match message {
+                Message::Reply(_, reply) => SagaEvent::Reply(reply),
+                _ => SagaEvent::Cancel,
+            };
+            copies[saga].cancel_requested |= self.cancel_recorded;
+            decided.push((saga, copies[saga].apply(event, self.now, &self.policy)));
+        }
+        if race && !self.network.is_empty() {
+            let before = self.sagas.clone();
+            let m = self.network.remove(racer % self.network.len());
+            self.deliver(m);
+            let moved = decided
+                .iter()
+                .any(|(saga, _)| self.sagas.get(*saga) != before.get(*saga));
+            if moved {
+                // Lost the version race: nothing of the batch is written.
+                for m in taken {
+                    self.deliver(m);
+                }
+                return;
+            }
+        }
+        for (saga, copy) in copies.into_iter().enumerate() {
+            self.sagas[saga] = copy;
+        }
+        for (saga, transition) in decided {
+            self.record(saga, transition);
         }
     }
 
