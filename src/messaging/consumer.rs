@@ -87,6 +87,20 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// Why a batch a role decided in one transaction wrote nothing; the role then does its messages
+/// one by one.
+pub enum Unwritten {
+    /// A row the batch decided on moved (or appeared) after it was read.
+    Raced,
+    Failed(HandleError),
+}
+
+impl<E: Into<HandleError>> From<E> for Unwritten {
+    fn from(e: E) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
 /// How a consumer groups deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {

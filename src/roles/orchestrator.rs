@@ -24,7 +24,7 @@ use crate::{
     domain::saga::{Command, Fact, Policy, Saga, SagaEvent, Transition},
     messaging::{
         self,
-        consumer::{HandleError, Handler},
+        consumer::{HandleError, Handler, Unwritten},
         envelope::{Body, Envelope, HistoryEvent, Line},
     },
     metrics::{OutcomeLabels, SagaLabels, StepLabels},
@@ -80,19 +80,6 @@ impl<'a> Incoming<'a> {
     }
 }
 
-/// Why a batch wrote nothing.
-enum Undecided {
-    /// A row had moved since it was read.
-    Raced,
-    Failed(HandleError),
-}
-
-impl<E: Into<HandleError>> From<E> for Undecided {
-    fn from(e: E) -> Self {
-        Self::Failed(e.into())
-    }
-}
-
 pub struct Orchestrator {
     context: RoleContext,
 }
@@ -118,7 +105,7 @@ impl Handler for Orchestrator {
                     .collect()
             }
             Err(e) => {
-                if let Undecided::Failed(e) = &e {
+                if let Unwritten::Failed(e) = &e {
                     tracing::warn!(error = %e, size = valid.len(), "an orchestrator batch failed; deciding its events one by one");
                 }
                 // In delivery order: events of one saga must meet it in the order they came.
@@ -145,8 +132,8 @@ impl Orchestrator {
         for _ in 0..MAX_RACES {
             match self.decide(&[incoming]).await {
                 Ok(mut outcomes) => return outcomes.pop().unwrap_or(Ok(())),
-                Err(Undecided::Raced) => continue,
-                Err(Undecided::Failed(e)) => return Err(e),
+                Err(Unwritten::Raced) => continue,
+                Err(Unwritten::Failed(e)) => return Err(e),
             }
         }
         Err(HandleError::Transient(format!(
@@ -159,7 +146,7 @@ impl Orchestrator {
     async fn decide(
         &self,
         batch: &[Incoming<'_>],
-    ) -> Result<Vec<Result<(), HandleError>>, Undecided> {
+    ) -> Result<Vec<Result<(), HandleError>>, Unwritten> {
         let policy = self.context.policy();
         let now = Utc::now();
         let mut tx = self.context.stores.pg.begin().await?;
@@ -247,7 +234,7 @@ impl Orchestrator {
             .map(|&(id, ref saga, seen)| (id, saga, seen))
             .collect();
         if !sagas::save_many(&mut tx, &saves).await? {
-            return Err(Undecided::Raced);
+            return Err(Unwritten::Raced);
         }
         let started: Vec<(Uuid, Uuid, &Saga)> = writes
             .started
@@ -257,7 +244,7 @@ impl Orchestrator {
         sagas::insert_many(&mut tx, &started).await?;
         sagas::log_many(&mut tx, &writes.log).await?;
         if !orders::record_many(&mut tx, &writes.orders).await? {
-            return Err(Undecided::Raced);
+            return Err(Unwritten::Raced);
         }
         outbox::enqueue(&mut tx, &writes.outgoing).await?;
         inbox::unclaim(&mut tx, CONSUMER, &failed).await?;
@@ -368,7 +355,7 @@ impl Orchestrator {
             })
             .collect();
         if let Err(e) = self.decide(&batch).await {
-            if let Undecided::Failed(e) = &e {
+            if let Unwritten::Failed(e) = &e {
                 tracing::warn!(error = %e, "a sweep batch failed; driving its sagas one by one");
             }
             // One saga that keeps failing must not hold back every deadline behind it.

@@ -12,7 +12,7 @@ use crate::{
     domain::payment::{Instruction, Ledger},
     messaging::{
         self,
-        consumer::{HandleError, Handler},
+        consumer::{HandleError, Handler, Unwritten},
         envelope::{Body, Envelope},
     },
     store::postgres::{inbox, outbox, payments},
@@ -35,7 +35,7 @@ impl Payments {
 
     /// Decides and writes `batch` in one transaction. `Err(Raced)` when the decision no longer
     /// held at writing time (nothing was written); a store error likewise writes nothing.
-    async fn settle(&self, batch: &[Envelope]) -> Result<Vec<Result<(), HandleError>>, Settle> {
+    async fn settle(&self, batch: &[Envelope]) -> Result<Vec<Result<(), HandleError>>, Unwritten> {
         let mut tx = self.context.stores.pg.begin().await?;
         let ids: Vec<_> = batch.iter().map(|m| m.message_id).collect();
         let claimed = inbox::claim_many(&mut tx, CONSUMER, &ids).await?;
@@ -81,7 +81,7 @@ impl Payments {
         }
         let created = ledger.created();
         if payments::insert(&mut tx, &created).await? < created.len() as u64 {
-            return Err(Settle::Raced);
+            return Err(Unwritten::Raced);
         }
         payments::set_status(&mut tx, &ledger.changed()).await?;
         payments::set_balances(&mut tx, &ledger.balances()).await?;
@@ -97,8 +97,8 @@ impl Payments {
         for _ in 0..MAX_RACES {
             match self.settle(&batch).await {
                 Ok(mut outcomes) => return outcomes.pop().unwrap_or(Ok(())),
-                Err(Settle::Raced) => continue,
-                Err(Settle::Failed(e)) => return Err(e),
+                Err(Unwritten::Raced) => continue,
+                Err(Unwritten::Failed(e)) => return Err(e),
             }
         }
         Err(HandleError::Transient(format!(
@@ -117,7 +117,7 @@ impl Handler for Payments {
         match self.settle(&batch).await {
             Ok(outcomes) => outcomes,
             Err(e) => {
-                if let Settle::Failed(e) = &e {
+                if let Unwritten::Failed(e) = &e {
                     tracing::warn!(error = %e, size = batch.len(), "a payments batch failed; doing its messages one by one");
                 }
                 let mut outcomes = Vec::with_capacity(batch.len());
@@ -127,19 +127,6 @@ impl Handler for Payments {
                 outcomes
             }
         }
-    }
-}
-
-/// Why a batch wrote nothing.
-enum Settle {
-    /// Another worker created a payment the batch decided on as missing.
-    Raced,
-    Failed(HandleError),
-}
-
-impl<E: Into<HandleError>> From<E> for Settle {
-    fn from(e: E) -> Self {
-        Self::Failed(e.into())
     }
 }
 
