@@ -415,9 +415,9 @@ pub struct Saga {
     /// Why the saga is compensating or failed; on a completed checkout, `cancelled_by_customer`
     /// once its cancellation has been started.
     pub reason: Option<OrderReason>,
-    /// The customer's cancel is recorded on the order. Not a column of the saga: it is read from
-    /// the order with every load, so the saga learns of the cancel from whichever event comes
-    /// first.
+    /// The customer's cancel is recorded on the order. Not a column of the saga: the orchestrator
+    /// sets it from the order it locked before every event, so the saga learns of the cancel
+    /// from whichever event comes first.
     pub cancel_requested: bool,
     /// When the step in flight is due; `None` once the saga has ended.
     pub deadline: Option<DateTime<Utc>>,

@@ -76,8 +76,8 @@ impl From<sqlx::Error> for HandleError {
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, envelope: Envelope) -> impl Future<Output = Result<(), HandleError>> + Send;
 
-    /// Handles messages taken together, in delivery order; returns one outcome per message, in
-    /// the same order. The default handles them one by one, all at the same time (as many as
+    /// Handles messages taken together, in delivery order, no two with the same id; returns one
+    /// outcome per message, in the same order. The default handles them one by one, all at the same time (as many as
     /// the batch holds); a role overrides it where set-based statements pay.
     fn handle_batch(
         &self,
@@ -214,6 +214,12 @@ impl Context<'_> {
         let mut envelopes = Vec::with_capacity(batch.len());
         for delivery in &batch {
             match serde_json::from_slice::<Envelope>(&delivery.data) {
+                // A second copy of a message in the same batch (a redelivery that caught up with
+                // the first) is done when the first is: the batch's ack takes both.
+                Ok(envelope)
+                    if envelopes
+                        .iter()
+                        .any(|e: &Envelope| e.message_id == envelope.message_id) => {}
                 Ok(envelope) => {
                     decoded.push(delivery);
                     envelopes.push(envelope);

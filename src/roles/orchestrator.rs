@@ -173,15 +173,11 @@ impl Orchestrator {
         let mut decisions: Vec<Decision> = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut failed = Vec::new();
-        for (i, incoming) in batch.iter().enumerate() {
-            if let Some(id) = incoming.message_id {
-                // A copy of a message already done, by an earlier delivery or earlier in this
-                // batch, changes nothing.
-                let earlier = batch[..i].iter().any(|b| b.message_id == Some(id));
-                if !claimed.contains(&id) || earlier {
-                    outcomes.push(Ok(()));
-                    continue;
-                }
+        for incoming in batch {
+            // A copy of a message an earlier delivery did changes nothing.
+            if incoming.message_id.is_some_and(|id| !claimed.contains(&id)) {
+                outcomes.push(Ok(()));
+                continue;
             }
             let Some(row) = sagas.get(&incoming.saga_id) else {
                 failed.extend(incoming.message_id);
@@ -228,20 +224,10 @@ impl Orchestrator {
         for decision in &decisions {
             decision.record(&lines, now, &mut writes);
         }
-        let saves: Vec<(Uuid, &Saga, i64)> = writes
-            .saves
-            .iter()
-            .map(|&(id, ref saga, seen)| (id, saga, seen))
-            .collect();
-        if !sagas::save_many(&mut tx, &saves).await? {
+        if !sagas::save_many(&mut tx, &writes.saves).await? {
             return Err(Unwritten::Raced);
         }
-        let started: Vec<(Uuid, Uuid, &Saga)> = writes
-            .started
-            .iter()
-            .map(|&(id, order, ref saga)| (id, order, saga))
-            .collect();
-        sagas::insert_many(&mut tx, &started).await?;
+        sagas::insert_many(&mut tx, &writes.started).await?;
         sagas::log_many(&mut tx, &writes.log).await?;
         if !orders::record_many(&mut tx, &writes.orders).await? {
             return Err(Unwritten::Raced);
@@ -406,8 +392,8 @@ struct Applied {
 /// The batch's writes, one list per statement.
 #[derive(Default)]
 struct Writes<'a> {
-    saves: Vec<(Uuid, Saga, i64)>,
-    started: Vec<(Uuid, Uuid, Saga)>,
+    saves: Vec<(Uuid, &'a Saga, i64)>,
+    started: Vec<(Uuid, Uuid, &'a Saga)>,
     log: Vec<LogEntry<'a>>,
     orders: Vec<OrderRecord>,
     outgoing: Vec<Envelope>,
@@ -436,19 +422,21 @@ impl Decision {
         now: DateTime<Utc>,
         policy: &Policy,
     ) {
+        let cancel_recorded = self.order.cancel_requested_at.is_some();
         let (_, touched) = self.sagas.entry(row.id).or_insert_with(|| {
+            let mut saga = row.saga.clone();
+            // The cancel flag is the order's, read under its lock: every saga of it sees it.
+            saga.cancel_requested |= cancel_recorded;
             (
                 row.version,
                 Touched {
-                    saga: row.saga.clone(),
+                    saga,
                     is_new: false,
                     changed: false,
                     finished: None,
                 },
             )
         });
-        // The cancel flag is the order's: a cancel recorded is seen by every saga of it.
-        touched.saga.cancel_requested |= self.order.cancel_requested_at.is_some();
         let transition = touched.saga.apply(incoming.event, now, policy);
         let is_reply = matches!(incoming.event, SagaEvent::Reply(_));
         if transition.stale {
@@ -560,11 +548,9 @@ impl Decision {
         }
         for (&id, (seen, touched)) in &self.sagas {
             if touched.is_new {
-                writes
-                    .started
-                    .push((id, self.order.id, touched.saga.clone()));
+                writes.started.push((id, self.order.id, &touched.saga));
             } else if touched.changed {
-                writes.saves.push((id, touched.saga.clone(), *seen));
+                writes.saves.push((id, &touched.saga, *seen));
             }
         }
         let order = &self.order;

@@ -35,7 +35,6 @@ pub(super) struct Raw {
     version: i64,
     started_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
-    cancel_requested: bool,
 }
 
 impl From<Raw> for SagaRow {
@@ -49,7 +48,9 @@ impl From<Raw> for SagaRow {
                 state: r.state.0,
                 steps: r.steps.0,
                 reason: r.reason.as_deref().and_then(OrderReason::parse),
-                cancel_requested: r.cancel_requested,
+                // The order's, not a column of the saga: the orchestrator sets it from the order
+                // it locked (see `Saga::cancel_requested`).
+                cancel_requested: false,
                 deadline: r.deadline_at,
                 started_at: r.started_at,
                 finished_at: r.finished_at,
@@ -59,13 +60,9 @@ impl From<Raw> for SagaRow {
 }
 
 // kind and state are plain text columns; `to_jsonb` lets serde read them as the domain enums.
-// Whether the customer's cancel is recorded is the order's, read with every saga (see
-// `Saga::cancel_requested`).
 pub(super) const COLUMNS: &str = "s.id AS saga_row_id, s.order_id, to_jsonb(s.kind) AS kind, \
     to_jsonb(s.state) AS state, s.reason AS saga_reason, s.steps, s.deadline_at, \
-    s.version AS saga_version, s.started_at, s.finished_at, \
-    (SELECT x.cancel_requested_at IS NOT NULL FROM orders x WHERE x.id = s.order_id) \
-      AS cancel_requested";
+    s.version AS saga_version, s.started_at, s.finished_at";
 
 pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, sqlx::Error> {
     let raw: Option<Raw> =
