@@ -22,6 +22,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use mongodb::bson::doc;
+use orderly::domain::order::OrderLine;
 use orderly::store::stock::{ReserveOutcome, StockCounters};
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -195,8 +196,8 @@ async fn redis(
             let (stock, products) = (stock.clone(), products.clone());
             async move {
                 let lines = [
-                    (products[(i % 64) as usize], 1),
-                    (products[((i + 1) % 64) as usize], 2),
+                    OrderLine::new(products[(i % 64) as usize], 1),
+                    OrderLine::new(products[((i + 1) % 64) as usize], 2),
                 ];
                 let outcome = stock.reserve(Uuid::new_v4(), &lines).await?;
                 Ok(u64::from(outcome == ReserveOutcome::Reserved))

@@ -12,22 +12,26 @@ pub const MAX_LINES: usize = 50;
 /// Units per line.
 pub const MAX_QUANTITY: i64 = 1_000;
 
-/// One line of a checkout: a product and how many units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One line of an order: a product and how many units. The one shape of a line from the
+/// checkout to the stock scripts: the saga's commands carry it, and the stock store takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderLine {
     pub product_id: Uuid,
     pub quantity: i64,
 }
 
-/// A line as the client sent it, before its rules are checked.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestedLine {
-    pub product_id: Uuid,
-    pub quantity: i64,
+impl OrderLine {
+    pub const fn new(product_id: Uuid, quantity: i64) -> Self {
+        Self {
+            product_id,
+            quantity,
+        }
+    }
 }
 
-/// The lines of a checkout: 1..=50 of them, quantities 1..=1000, no product twice.
-pub fn lines(requested: &[RequestedLine]) -> Result<Vec<OrderLine>, Vec<FieldViolation>> {
+/// The lines of a checkout as the client sent them, once their rules hold: 1..=50 of them,
+/// quantities 1..=1000, no product twice.
+pub fn lines(requested: &[OrderLine]) -> Result<Vec<OrderLine>, Vec<FieldViolation>> {
     let mut violations = Violations::default();
     if requested.is_empty() || requested.len() > MAX_LINES {
         violations.check::<()>(
@@ -54,10 +58,7 @@ pub fn lines(requested: &[RequestedLine]) -> Result<Vec<OrderLine>, Vec<FieldVio
                 Err(Invalid::new("this product is already on another line")),
             );
         }
-        lines.push(OrderLine {
-            product_id: line.product_id,
-            quantity: line.quantity,
-        });
+        lines.push(*line);
     }
     violations.finish(|| lines)
 }
@@ -151,8 +152,8 @@ impl OrderReason {
 mod tests {
     use super::*;
 
-    fn line(quantity: i64) -> RequestedLine {
-        RequestedLine {
+    fn line(quantity: i64) -> OrderLine {
+        OrderLine {
             product_id: Uuid::new_v4(),
             quantity,
         }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use super::saga::StepStatus;
+use super::{order::OrderLine, saga::StepStatus};
 
 /// The state of an order's reservation record, as `reserve.lua` and `release.lua` write it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -126,7 +126,7 @@ pub struct Overcommitted(pub Vec<(Uuid, Level)>);
 /// product with no stock level counts against zero on hand.
 pub fn levels<'a>(
     on_hand: impl IntoIterator<Item = (Uuid, i64)>,
-    reserved_lines: impl IntoIterator<Item = &'a (Uuid, i64)>,
+    reserved_lines: impl IntoIterator<Item = &'a OrderLine>,
 ) -> Result<BTreeMap<Uuid, Level>, Overcommitted> {
     let mut levels: BTreeMap<Uuid, Level> = on_hand
         .into_iter()
@@ -140,10 +140,10 @@ pub fn levels<'a>(
             )
         })
         .collect();
-    for &(product, quantity) in reserved_lines {
-        let level = levels.entry(product).or_default();
-        level.available -= quantity;
-        level.held += quantity;
+    for line in reserved_lines {
+        let level = levels.entry(line.product_id).or_default();
+        level.available -= line.quantity;
+        level.held += line.quantity;
     }
     let over: Vec<_> = levels
         .iter()
@@ -241,7 +241,15 @@ mod tests {
     fn overcommitted_products_are_named() {
         let p = Uuid::from_u128(1);
         let q = Uuid::from_u128(2);
-        let err = levels([(p, 3), (q, 5)], &[(p, 2), (p, 2), (q, 5)]).unwrap_err();
+        let err = levels(
+            [(p, 3), (q, 5)],
+            &[
+                OrderLine::new(p, 2),
+                OrderLine::new(p, 2),
+                OrderLine::new(q, 5),
+            ],
+        )
+        .unwrap_err();
         assert_eq!(
             err.0,
             vec![(
@@ -277,8 +285,11 @@ mod tests {
             let products: Vec<Uuid> = (0..6u128).map(Uuid::from_u128).collect();
             let stock: Vec<(Uuid, i64)> =
                 on_hand.iter().enumerate().map(|(i, &n)| (products[i], n)).collect();
-            let lines: Vec<(Uuid, i64)> = lines.iter().map(|&(i, q)| (products[i], q)).collect();
-            let held = |p: Uuid| lines.iter().filter(|l| l.0 == p).map(|l| l.1).sum::<i64>();
+            let lines: Vec<OrderLine> = lines
+                .iter()
+                .map(|&(i, quantity)| OrderLine { product_id: products[i], quantity })
+                .collect();
+            let held = |p: Uuid| lines.iter().filter(|l| l.product_id == p).map(|l| l.quantity).sum::<i64>();
             let units = |p: Uuid| stock.iter().find(|s| s.0 == p).map_or(0, |s| s.1);
             match levels(stock.iter().copied(), &lines) {
                 Ok(levels) => {

@@ -21,7 +21,7 @@ use super::{
     page::{self, PageBody},
 };
 use crate::{
-    domain::order::{self, OrderStatus, RequestedLine},
+    domain::order::{self, OrderLine, OrderStatus},
     messaging::envelope::HistoryEvent,
     services::orders::{OrderView, Viewer},
     store::postgres::sagas::SagaRow,
@@ -204,10 +204,10 @@ pub async fn place_order(
     Admitted { customer_id, key }: Admitted,
     JsonBody(body): JsonBody<CheckoutBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let requested: Vec<RequestedLine> = body
+    let requested: Vec<OrderLine> = body
         .items
         .iter()
-        .map(|l| RequestedLine {
+        .map(|l| OrderLine {
             product_id: l.product_id,
             quantity: l.quantity,
         })

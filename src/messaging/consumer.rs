@@ -26,7 +26,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
-    envelope::Envelope,
+    envelope::{Envelope, Message},
     publisher::{PublishError, Publisher},
     topology::{Queue, Topology},
 };
@@ -74,14 +74,20 @@ impl From<sqlx::Error> for HandleError {
 
 /// What a role does with one message, and with several at once.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, envelope: Envelope) -> impl Future<Output = Result<(), HandleError>> + Send;
+    /// The messages of the role's queue; anything else on it is dead-lettered undecoded.
+    type Message: Message;
+
+    fn handle(
+        &self,
+        envelope: Envelope<Self::Message>,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send;
 
     /// Handles messages taken together, in delivery order, no two with the same id; returns one
     /// outcome per message, in the same order. The default handles them one by one, all at the same time (as many as
     /// the batch holds); a role overrides it where set-based statements pay.
     fn handle_batch(
         &self,
-        batch: Vec<Envelope>,
+        batch: Vec<Envelope<Self::Message>>,
     ) -> impl Future<Output = Vec<Result<(), HandleError>>> + Send {
         futures::future::join_all(batch.into_iter().map(|envelope| self.handle(envelope)))
     }
@@ -191,10 +197,10 @@ struct Context<'a> {
 impl Context<'_> {
     /// Handles one batch and acks it whole, once every message is done: handled, or moved to a
     /// retry or dead-letter queue.
-    async fn process(
+    async fn process<H: Handler>(
         &self,
         batch: Vec<Delivery>,
-        handler: &impl Handler,
+        handler: &H,
     ) -> Result<(), ConsumeError> {
         let labels = QueueLabels {
             queue: self.queue.as_str(),
@@ -213,13 +219,13 @@ impl Context<'_> {
         let mut decoded = Vec::with_capacity(batch.len());
         let mut envelopes = Vec::with_capacity(batch.len());
         for delivery in &batch {
-            match serde_json::from_slice::<Envelope>(&delivery.data) {
+            match serde_json::from_slice::<Envelope<H::Message>>(&delivery.data) {
                 // A second copy of a message in the same batch (a redelivery that caught up with
                 // the first) is done when the first is: the batch's ack takes both.
                 Ok(envelope)
                     if envelopes
                         .iter()
-                        .any(|e: &Envelope| e.message_id == envelope.message_id) => {}
+                        .any(|e: &Envelope<_>| e.message_id == envelope.message_id) => {}
                 Ok(envelope) => {
                     decoded.push(delivery);
                     envelopes.push(envelope);

@@ -4,6 +4,7 @@
 pub mod consumer;
 pub mod envelope;
 pub mod publisher;
+pub mod sends;
 pub mod topology;
 
 use std::time::Duration;

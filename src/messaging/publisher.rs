@@ -10,7 +10,7 @@ use lapin::{
 use thiserror::Error;
 
 use super::{
-    envelope::{Envelope, Exchange},
+    envelope::{Exchange, Head, Outbound},
     topology::Topology,
 };
 
@@ -24,19 +24,19 @@ pub enum PublishError {
 
 /// The AMQP properties of an envelope: persistent, typed, with its ids and trace context as
 /// headers so tools can route and trace without parsing the body.
-pub fn properties(envelope: &Envelope) -> BasicProperties {
+pub fn properties(head: &Head) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in [
-        ("saga_id", envelope.saga_id.to_string()),
-        ("order_id", envelope.order_id.to_string()),
+        ("saga_id", head.saga_id.to_string()),
+        ("order_id", head.order_id.to_string()),
     ] {
         headers.insert(name.into(), AMQPValue::LongString(value.into()));
     }
     headers.insert(
         "attempt".into(),
-        AMQPValue::LongLongInt(i64::from(envelope.attempt)),
+        AMQPValue::LongLongInt(i64::from(head.attempt)),
     );
-    if let Some(traceparent) = &envelope.traceparent {
+    if let Some(traceparent) = &head.traceparent {
         headers.insert(
             "traceparent".into(),
             AMQPValue::LongString(traceparent.as_str().into()),
@@ -45,8 +45,8 @@ pub fn properties(envelope: &Envelope) -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
-        .with_message_id(envelope.message_id.to_string().into())
-        .with_type(envelope.body.kind().into())
+        .with_message_id(head.message_id.to_string().into())
+        .with_type(head.kind.as_str().into())
         .with_headers(headers)
 }
 
@@ -59,14 +59,25 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    pub fn encode(envelope: &Envelope) -> Self {
-        let (exchange, routing_key) = envelope.body.route();
+    /// An outbox row as a message. Its properties come from the envelope's head; a body this
+    /// build cannot read (another version wrote it) is sent as it is, with its id, and the
+    /// consumer dead-letters it with the reason rather than have it stall the rows behind it.
+    pub fn new(message: Outbound) -> Self {
+        let properties = match serde_json::from_str::<Head>(&message.body) {
+            Ok(head) => properties(&head),
+            Err(e) => {
+                tracing::error!(message_id = %message.message_id, error = %e, "relaying a message this build cannot read");
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into())
+                    .with_message_id(message.message_id.to_string().into())
+            }
+        };
         Self {
-            exchange,
-            routing_key,
-            // An envelope is plain data: serializing it cannot fail.
-            payload: serde_json::to_vec(envelope).unwrap_or_default(),
-            properties: properties(envelope),
+            exchange: message.exchange,
+            routing_key: message.routing_key,
+            payload: message.body.into_bytes(),
+            properties,
         }
     }
 }

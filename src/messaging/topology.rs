@@ -22,7 +22,9 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 
-use super::envelope::Exchange;
+use super::envelope::{
+    Exchange, HistoryBatch, InventoryCommand, Message, PaymentCommand, SagaReply,
+};
 
 /// How long a message waits before its next try, after the first, second and later failures.
 pub const RETRY_DELAYS_MS: [i64; 3] = [1_000, 5_000, 30_000];
@@ -53,13 +55,15 @@ impl Queue {
         }
     }
 
-    fn binding(self) -> (Exchange, &'static str) {
-        match self {
-            Self::Inventory => (Exchange::Commands, "inventory.#"),
-            Self::Payments => (Exchange::Commands, "payments.#"),
-            Self::Orchestrator => (Exchange::Events, "saga.#"),
-            Self::History => (Exchange::Events, "history.#"),
-        }
+    /// The exchange and pattern the queue binds: every message of the queue's type.
+    fn binding(self) -> (Exchange, String) {
+        let (exchange, prefix) = match self {
+            Self::Inventory => InventoryCommand::ROUTE,
+            Self::Payments => PaymentCommand::ROUTE,
+            Self::Orchestrator => SagaReply::ROUTE,
+            Self::History => HistoryBatch::ROUTE,
+        };
+        (exchange, format!("{prefix}.#"))
     }
 }
 
@@ -117,7 +121,7 @@ impl Topology {
                 .queue_bind(
                     &name,
                     &self.exchange(exchange),
-                    pattern,
+                    &pattern,
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )

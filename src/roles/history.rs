@@ -1,16 +1,15 @@
 //! The history role: projects each order's history events into MongoDB. Events carry their
 //! seq, assigned in Postgres, and are stored under `(order, seq)`, so a copy is a no-op. A batch
-//! of messages is one unordered `insert_many`.
+//! of messages, each the events one transaction recorded for its orders, is one unordered
+//! `insert_many`.
 
 use crate::{
     messaging::{
         consumer::{HandleError, Handler},
-        envelope::{Body, Envelope, HistoryEvent},
+        envelope::{Envelope, HistoryBatch},
     },
     store::history::OrderHistory,
 };
-
-use uuid::Uuid;
 
 use super::RoleContext;
 
@@ -27,31 +26,21 @@ impl History {
 }
 
 impl Handler for History {
-    async fn handle(&self, message: Envelope) -> Result<(), HandleError> {
-        let events = events(&message)?;
-        Ok(self.history.append(message.order_id, events).await?)
+    type Message = HistoryBatch;
+
+    async fn handle(&self, message: Envelope<HistoryBatch>) -> Result<(), HandleError> {
+        Ok(self.history.append_many(&message.body.orders).await?)
     }
 
-    async fn handle_batch(&self, batch: Vec<Envelope>) -> Vec<Result<(), HandleError>> {
-        let orders: Vec<(Uuid, &[HistoryEvent])> = batch
-            .iter()
-            .filter_map(|m| events(m).ok().map(|e| (m.order_id, e)))
-            .collect();
-        if self.history.append_many(&orders).await.is_ok() {
-            return batch.iter().map(|m| events(m).map(drop)).collect();
+    async fn handle_batch(
+        &self,
+        batch: Vec<Envelope<HistoryBatch>>,
+    ) -> Vec<Result<(), HandleError>> {
+        let orders = batch.iter().flat_map(|m| &m.body.orders);
+        if self.history.append_many(orders).await.is_ok() {
+            return batch.iter().map(|_| Ok(())).collect();
         }
         // The store refused something: each message on its own, so only what fails is retried.
         futures::future::join_all(batch.into_iter().map(|m| self.handle(m))).await
-    }
-}
-
-/// The events a message carries; any other message is not for this role.
-fn events(message: &Envelope) -> Result<&[HistoryEvent], HandleError> {
-    match &message.body {
-        Body::History { events } => Ok(events),
-        other => Err(HandleError::Permanent(format!(
-            "history does not handle {}",
-            other.kind()
-        ))),
     }
 }

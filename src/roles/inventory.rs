@@ -14,7 +14,7 @@ use crate::{
     messaging::{
         self,
         consumer::{HandleError, Handler},
-        envelope::{Body, Envelope},
+        envelope::{Envelope, InventoryCommand},
     },
     services::stock::StockAdjuster,
     store::{
@@ -45,93 +45,73 @@ impl Inventory {
 }
 
 impl Handler for Inventory {
-    async fn handle(&self, command: Envelope) -> Result<(), HandleError> {
-        let mut outcomes = self.run(&[command]).await;
-        outcomes.pop().unwrap_or(Ok(()))
+    type Message = InventoryCommand;
+
+    async fn handle(&self, command: Envelope<InventoryCommand>) -> Result<(), HandleError> {
+        Ok(self.run(&[command]).await?)
     }
 
-    async fn handle_batch(&self, batch: Vec<Envelope>) -> Vec<Result<(), HandleError>> {
-        let outcomes = self.run(&batch).await;
-        if batch.len() == 1
-            || outcomes
-                .iter()
-                .all(|o| !matches!(o, Err(HandleError::Transient(_))))
-        {
-            return outcomes;
+    async fn handle_batch(
+        &self,
+        batch: Vec<Envelope<InventoryCommand>>,
+    ) -> Vec<Result<(), HandleError>> {
+        match self.run(&batch).await {
+            Ok(()) => batch.iter().map(|_| Ok(())).collect(),
+            Err(e) if batch.len() == 1 => vec![Err(e.into())],
+            // A store failed the batch: each message on its own, so only what fails is retried.
+            Err(_) => futures::future::join_all(batch.into_iter().map(|m| self.handle(m))).await,
         }
-        // A store failed the batch: each message on its own, so only what fails is retried.
-        futures::future::join_all(batch.into_iter().map(|m| self.handle(m))).await
     }
 }
 
 impl Inventory {
     /// Runs every command's script in one Redis round trip, then records the reserves' answers
     /// and queues every reply in one Postgres transaction.
-    async fn run(&self, batch: &[Envelope]) -> Vec<Result<(), HandleError>> {
-        let lines: Vec<Vec<(Uuid, i64)>> = batch
+    async fn run(&self, batch: &[Envelope<InventoryCommand>]) -> Result<(), StoreError> {
+        let products: Vec<Vec<Uuid>> = batch
             .iter()
             .map(|m| match &m.body {
-                Body::ReserveStock { items } | Body::ReleaseStock { items } => {
-                    items.iter().map(|l| (l.product_id, l.quantity)).collect()
+                InventoryCommand::ReleaseStock { items } => {
+                    items.iter().map(|l| l.product_id).collect()
                 }
-                _ => Vec::new(),
+                InventoryCommand::ReserveStock { .. } => Vec::new(),
             })
             .collect();
-        let products: Vec<Vec<Uuid>> = lines
+        let ops: Vec<StockOp<'_>> = batch
             .iter()
-            .map(|l| l.iter().map(|(p, _)| *p).collect())
+            .zip(&products)
+            .map(|(command, products)| match &command.body {
+                InventoryCommand::ReserveStock { items } => StockOp::Reserve {
+                    order_id: command.order_id,
+                    lines: items,
+                },
+                InventoryCommand::ReleaseStock { .. } => StockOp::Release {
+                    order_id: command.order_id,
+                    products,
+                },
+            })
             .collect();
-        let mut ops = Vec::with_capacity(batch.len());
-        let mut outcomes: Vec<Result<(), HandleError>> = Vec::with_capacity(batch.len());
-        for (i, command) in batch.iter().enumerate() {
-            match &command.body {
-                Body::ReserveStock { .. } => ops.push(StockOp::Reserve {
-                    order_id: command.order_id,
-                    lines: &lines[i],
-                }),
-                Body::ReleaseStock { .. } => ops.push(StockOp::Release {
-                    order_id: command.order_id,
-                    products: &products[i],
-                }),
-                other => {
-                    outcomes.push(Err(HandleError::Permanent(format!(
-                        "inventory does not handle {}",
-                        other.kind()
-                    ))));
-                    continue;
-                }
-            }
-            outcomes.push(Ok(()));
-        }
-        let answers = match self.context.stores.stock.run(&ops).await {
-            Ok(answers) => answers,
-            Err(e) => return fail(outcomes, &e),
-        };
+        let answers = self.context.stores.stock.run(&ops).await?;
         let mut replies = Vec::with_capacity(answers.len());
         let mut decided = Vec::new();
-        let commands = batch
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| o.is_ok())
-            .map(|(c, _)| c);
-        for (command, answer) in commands.zip(answers) {
+        for (command, answer) in batch.iter().zip(answers) {
             let (reply, record) = reply(answer);
             if let Some(record) = record {
                 decided.push((command.order_id, record));
             }
             let traceparent = messaging::child_traceparent(command.traceparent.as_deref());
-            replies.push(command.reply(reply).with_traceparent(Some(traceparent)));
+            replies.push(
+                command
+                    .reply(reply)
+                    .with_traceparent(Some(traceparent))
+                    .outbound(),
+            );
         }
-        let recorded = async {
-            let mut tx = self.context.stores.pg.begin().await?;
-            stock_ledger::record_reservations(&mut tx, &decided).await?;
-            outbox::enqueue(&mut tx, &replies).await?;
-            tx.commit().await
-        };
-        match recorded.await {
-            Ok(()) => outcomes,
-            Err(e) => fail(outcomes, &e.into()),
-        }
+        let mut tx = self.context.stores.pg.begin().await?;
+        stock_ledger::record_reservations(&mut tx, &decided).await?;
+        outbox::enqueue(&mut tx, &replies).await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -154,15 +134,4 @@ fn reply(answer: StockAnswer) -> (Reply, Option<Record>) {
         StockAnswer::Reserve(ReserveOutcome::Tombstoned) => (refused, None),
         StockAnswer::Release(_) => (Reply::StockReleased, None),
     }
-}
-
-/// Every message that was to be done fails with `error`; the ones refused already stay so.
-fn fail(
-    outcomes: Vec<Result<(), HandleError>>,
-    error: &StoreError,
-) -> Vec<Result<(), HandleError>> {
-    outcomes
-        .into_iter()
-        .map(|o| o.and_then(|()| Err(HandleError::Transient(error.to_string()))))
-        .collect()
 }

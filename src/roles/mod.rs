@@ -26,13 +26,11 @@ use crate::{
     messaging::{
         self,
         consumer::{self, Handler},
-        envelope::Envelope,
         topology::{Queue, Topology},
     },
     metrics::Metrics,
     readiness::{self, Backoff, Readiness, Store},
     services::Stores,
-    store::postgres::outbox,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,14 +109,6 @@ impl RoleContext {
             max_wait: step_timeout * 6,
             max_attempts: self.settings.step_max_attempts.max(1),
         }
-    }
-
-    /// Queues a participant's reply in the outbox. A reply is a message like any other: it is
-    /// durable before it is sent, even when the effect it reports lives in Redis.
-    pub async fn reply(&self, envelope: Envelope) -> Result<(), consumer::HandleError> {
-        let mut conn = self.stores.pg.acquire().await?;
-        outbox::enqueue(&mut conn, &[envelope]).await?;
-        Ok(())
     }
 }
 

@@ -16,16 +16,19 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{
-    domain::saga::{Command, Fact, Policy, Saga, SagaEvent, Transition},
+    domain::{
+        order::OrderLine,
+        saga::{Command, Policy, Saga, SagaEvent, Transition},
+    },
     messaging::{
         self,
         consumer::{HandleError, Handler, Unwritten},
-        envelope::{Body, Envelope, HistoryEvent, Line},
+        envelope::{Envelope, Message, SagaReply},
+        sends::{Addressee, NewEvent, Sends, fact_event},
     },
     metrics::{OutcomeLabels, SagaLabels, StepLabels},
     store::postgres::{
@@ -62,21 +65,15 @@ struct Incoming<'a> {
 }
 
 impl<'a> Incoming<'a> {
-    fn of(message: &'a Envelope) -> Result<Self, HandleError> {
-        let event = match message.body {
-            Body::CancelRequested => SagaEvent::Cancel,
-            ref body => SagaEvent::Reply(body.reply().ok_or_else(|| {
-                HandleError::Permanent(format!("the orchestrator does not handle {}", body.kind()))
-            })?),
-        };
-        Ok(Self {
+    fn of(message: &'a Envelope<SagaReply>) -> Self {
+        Self {
             saga_id: message.saga_id,
             order_id: message.order_id,
-            event,
+            event: message.body.event(),
             message_id: Some(message.message_id),
             label: message.body.kind(),
             traceparent: message.traceparent.as_deref(),
-        })
+        }
     }
 }
 
@@ -85,36 +82,24 @@ pub struct Orchestrator {
 }
 
 impl Handler for Orchestrator {
-    async fn handle(&self, message: Envelope) -> Result<(), HandleError> {
-        self.decide_one(Incoming::of(&message)?).await
+    type Message = SagaReply;
+
+    async fn handle(&self, message: Envelope<SagaReply>) -> Result<(), HandleError> {
+        self.decide_one(Incoming::of(&message)).await
     }
 
-    async fn handle_batch(&self, batch: Vec<Envelope>) -> Vec<Result<(), HandleError>> {
-        let incoming: Vec<Result<Incoming<'_>, HandleError>> =
-            batch.iter().map(Incoming::of).collect();
-        let valid: Vec<Incoming<'_>> = incoming
-            .iter()
-            .filter_map(|i| i.as_ref().ok().copied())
-            .collect();
-        match self.decide(&valid).await {
-            Ok(outcomes) => {
-                let mut outcomes = outcomes.into_iter();
-                incoming
-                    .into_iter()
-                    .map(|i| i.and_then(|_| outcomes.next().unwrap_or(Ok(()))))
-                    .collect()
-            }
+    async fn handle_batch(&self, batch: Vec<Envelope<SagaReply>>) -> Vec<Result<(), HandleError>> {
+        let incoming: Vec<Incoming<'_>> = batch.iter().map(Incoming::of).collect();
+        match self.decide(&incoming).await {
+            Ok(outcomes) => outcomes,
             Err(e) => {
                 if let Unwritten::Failed(e) = &e {
-                    tracing::warn!(error = %e, size = valid.len(), "an orchestrator batch failed; deciding its events one by one");
+                    tracing::warn!(error = %e, size = incoming.len(), "an orchestrator batch failed; deciding its events one by one");
                 }
                 // In delivery order: events of one saga must meet it in the order they came.
                 let mut outcomes = Vec::with_capacity(incoming.len());
                 for i in incoming {
-                    outcomes.push(match i {
-                        Ok(i) => self.decide_one(i).await,
-                        Err(e) => Err(e),
-                    });
+                    outcomes.push(self.decide_one(i).await);
                 }
                 outcomes
             }
@@ -213,16 +198,11 @@ impl Orchestrator {
             .filter(|d| d.moves_stock())
             .map(|d| d.order.id)
             .collect();
-        let mut lines: HashMap<Uuid, Vec<Line>> = HashMap::new();
-        for item in orders::items(&mut *tx, &needs_lines).await? {
-            lines.entry(item.order_id).or_default().push(Line {
-                product_id: item.product_id,
-                quantity: i64::from(item.quantity),
-            });
-        }
+        let lines = orders::lines(&mut *tx, &needs_lines).await?;
         let mut writes = Writes::default();
+        let mut sends = Sends::default();
         for decision in &decisions {
-            decision.record(&lines, now, &mut writes);
+            decision.record(&lines, now, &mut sends, &mut writes);
         }
         if !sagas::save_many(&mut tx, &writes.saves).await? {
             return Err(Unwritten::Raced);
@@ -232,7 +212,7 @@ impl Orchestrator {
         if !orders::record_many(&mut tx, &writes.orders).await? {
             return Err(Unwritten::Raced);
         }
-        outbox::enqueue(&mut tx, &writes.outgoing).await?;
+        outbox::enqueue(&mut tx, &sends.finish()).await?;
         inbox::unclaim(&mut tx, CONSUMER, &failed).await?;
         tx.commit().await?;
         for decision in &decisions {
@@ -363,12 +343,13 @@ struct Decision {
     in_charge: Uuid,
     /// The order's sagas this batch touched, by id, with the version read.
     sagas: HashMap<Uuid, (i64, Touched)>,
-    /// Commands to send: `(saga, command, trace)`.
-    commands: Vec<(Uuid, Command, String)>,
-    /// Facts for the history, each with the saga in charge when it was recorded.
-    facts: Vec<(Fact, Uuid)>,
+    /// Commands to send: `(saga, command)`.
+    commands: Vec<(Uuid, Command)>,
+    /// The history events, each naming the saga in charge when it was recorded.
+    events: Vec<NewEvent>,
     log: Vec<(Uuid, String, Option<Uuid>, bool)>,
     applied: Vec<Applied>,
+    /// The trace of the last event applied: what the order's sends continue.
     trace: Option<String>,
 }
 
@@ -396,7 +377,6 @@ struct Writes<'a> {
     started: Vec<(Uuid, Uuid, &'a Saga)>,
     log: Vec<LogEntry<'a>>,
     orders: Vec<OrderRecord>,
-    outgoing: Vec<Envelope>,
 }
 
 impl Decision {
@@ -407,7 +387,7 @@ impl Decision {
             change: None,
             sagas: HashMap::new(),
             commands: Vec::new(),
-            facts: Vec::new(),
+            events: Vec::new(),
             log: Vec::new(),
             applied: Vec::new(),
             trace: None,
@@ -468,26 +448,24 @@ impl Decision {
         if let Some(change) = transition.order {
             touched.finished = Some(change);
         }
-        let trace = messaging::child_traceparent(incoming.traceparent);
-        self.record_transition(row.id, &transition, now, policy, &trace);
-        self.trace = Some(trace);
+        self.trace = Some(messaging::child_traceparent(incoming.traceparent));
+        self.take_transition(row.id, &transition, now, policy);
     }
 
-    /// Adds a transition's commands, facts and order change; starts the cancellation saga it
+    /// Adds a transition's commands, events and order change; starts the cancellation saga it
     /// asks for.
-    fn record_transition(
+    fn take_transition(
         &mut self,
         saga_id: Uuid,
         transition: &Transition,
         now: DateTime<Utc>,
         policy: &Policy,
-        trace: &str,
     ) {
         for command in &transition.commands {
-            self.commands.push((saga_id, *command, trace.to_owned()));
+            self.commands.push((saga_id, *command));
         }
         for fact in &transition.facts {
-            self.facts.push((*fact, self.in_charge));
+            self.events.push(fact_event(*fact, self.in_charge));
         }
         if let Some(change) = transition.order {
             self.change = Some(change);
@@ -497,10 +475,10 @@ impl Decision {
             let id = Uuid::now_v7();
             self.in_charge = id;
             for command in &first.commands {
-                self.commands.push((id, *command, trace.to_owned()));
+                self.commands.push((id, *command));
             }
             for fact in &first.facts {
-                self.facts.push((*fact, id));
+                self.events.push(fact_event(*fact, id));
             }
             if let Some(change) = first.order {
                 self.change = Some(change);
@@ -521,18 +499,19 @@ impl Decision {
     }
 
     fn moves_stock(&self) -> bool {
-        self.commands.iter().any(|(_, c, _)| c.action.moves_stock())
+        self.commands.iter().any(|(_, c)| c.action.moves_stock())
     }
 
     fn changed(&self) -> bool {
         self.sagas.values().any(|(_, t)| t.changed)
     }
 
-    /// Adds this order's writes to the batch's.
+    /// Adds this order's writes and sends to the batch's.
     fn record<'a>(
         &'a self,
-        lines: &HashMap<Uuid, Vec<Line>>,
+        lines: &HashMap<Uuid, Vec<OrderLine>>,
         now: DateTime<Utc>,
+        sends: &mut Sends,
         writes: &mut Writes<'a>,
     ) {
         for (saga_id, event, message_id, stale) in &self.log {
@@ -554,28 +533,25 @@ impl Decision {
             }
         }
         let order = &self.order;
-        let no_lines = Vec::new();
-        let lines = lines.get(&order.id).unwrap_or(&no_lines);
-        for (saga_id, command, trace) in &self.commands {
-            let body = Body::command(command.action, lines, order.customer_id, order.total_minor);
-            writes.outgoing.push(
-                Envelope::new(*saga_id, order.id, command.attempt, body)
-                    .with_traceparent(Some(trace.clone())),
-            );
-        }
-        let events: Vec<HistoryEvent> = self
-            .facts
-            .iter()
-            .zip(order.last_seq + 1..)
-            .map(|((fact, saga_id), seq)| history_event(seq, *fact, *saga_id, now))
-            .collect();
-        let last_seq = order.last_seq + events.len() as i32;
-        if !events.is_empty() {
-            writes.outgoing.push(
-                Envelope::new(self.in_charge, order.id, 1, Body::History { events })
-                    .with_traceparent(self.trace.clone()),
-            );
-        }
+        let to = Addressee {
+            order_id: order.id,
+            saga_id: self.in_charge,
+            customer_id: order.customer_id,
+            amount_minor: order.total_minor,
+            lines: lines.get(&order.id).map_or(&[], Vec::as_slice),
+        };
+        let trace = self
+            .trace
+            .clone()
+            .unwrap_or_else(messaging::new_traceparent);
+        let last_seq = sends.record_transition(
+            &to,
+            order.last_seq,
+            &self.commands,
+            self.events.clone(),
+            now,
+            &trace,
+        );
         writes.orders.push(OrderRecord {
             id: order.id,
             seen_version: order.version,
@@ -583,24 +559,5 @@ impl Decision {
             saga_id: self.in_charge,
             last_seq,
         });
-    }
-}
-
-fn history_event(seq: i32, fact: Fact, saga_id: Uuid, at: DateTime<Utc>) -> HistoryEvent {
-    let mut data = json!({ "saga_id": saga_id });
-    if let Some(step) = fact.step {
-        data["step"] = json!(step.as_str());
-    }
-    if let Some(attempt) = fact.attempt {
-        data["attempt"] = json!(attempt);
-    }
-    if let Some(reason) = fact.reason {
-        data["reason"] = json!(reason.as_str());
-    }
-    HistoryEvent {
-        seq,
-        kind: fact.kind.as_str().to_owned(),
-        at,
-        data,
     }
 }

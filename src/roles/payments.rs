@@ -13,7 +13,7 @@ use crate::{
     messaging::{
         self,
         consumer::{HandleError, Handler, Unwritten},
-        envelope::{Body, Envelope},
+        envelope::{Envelope, PaymentCommand},
     },
     store::postgres::{inbox, outbox, payments},
 };
@@ -35,14 +35,17 @@ impl Payments {
 
     /// Decides and writes `batch` in one transaction. `Err(Raced)` when the decision no longer
     /// held at writing time (nothing was written); a store error likewise writes nothing.
-    async fn settle(&self, batch: &[Envelope]) -> Result<Vec<Result<(), HandleError>>, Unwritten> {
+    async fn settle(
+        &self,
+        batch: &[Envelope<PaymentCommand>],
+    ) -> Result<Vec<Result<(), HandleError>>, Unwritten> {
         let mut tx = self.context.stores.pg.begin().await?;
         let ids: Vec<_> = batch.iter().map(|m| m.message_id).collect();
         let claimed = inbox::claim_many(&mut tx, CONSUMER, &ids).await?;
         let mut orders: Vec<_> = batch.iter().map(|m| m.order_id).collect();
         orders.sort();
         orders.dedup();
-        let mut customers: Vec<_> = batch.iter().filter_map(customer).collect();
+        let mut customers: Vec<_> = batch.iter().map(|m| m.body.customer_id()).collect();
         customers.sort();
         customers.dedup();
         let existing = payments::lock(&mut tx, &orders).await?;
@@ -58,20 +61,20 @@ impl Payments {
                 outcomes.push(Ok(()));
                 continue;
             }
-            let decided = instruction(message).and_then(|i| {
-                ledger
-                    .apply(i)
-                    .map_err(|e| HandleError::Permanent(e.to_string()))
-            });
-            match decided {
+            match ledger.apply(instruction(message)) {
                 Ok(reply) => {
                     let traceparent = messaging::child_traceparent(message.traceparent.as_deref());
-                    replies.push(message.reply(reply).with_traceparent(Some(traceparent)));
+                    replies.push(
+                        message
+                            .reply(reply)
+                            .with_traceparent(Some(traceparent))
+                            .outbound(),
+                    );
                     outcomes.push(Ok(()));
                 }
                 Err(e) => {
                     failed.push(message.message_id);
-                    outcomes.push(Err(e));
+                    outcomes.push(Err(HandleError::Permanent(e.to_string())));
                 }
             }
         }
@@ -88,7 +91,7 @@ impl Payments {
     }
 
     /// One message in a transaction of its own, decided again if it loses a race.
-    async fn settle_one(&self, message: Envelope) -> Result<(), HandleError> {
+    async fn settle_one(&self, message: Envelope<PaymentCommand>) -> Result<(), HandleError> {
         let batch = [message];
         for _ in 0..MAX_RACES {
             match self.settle(&batch).await {
@@ -105,11 +108,16 @@ impl Payments {
 }
 
 impl Handler for Payments {
-    async fn handle(&self, command: Envelope) -> Result<(), HandleError> {
+    type Message = PaymentCommand;
+
+    async fn handle(&self, command: Envelope<PaymentCommand>) -> Result<(), HandleError> {
         self.settle_one(command).await
     }
 
-    async fn handle_batch(&self, batch: Vec<Envelope>) -> Vec<Result<(), HandleError>> {
+    async fn handle_batch(
+        &self,
+        batch: Vec<Envelope<PaymentCommand>>,
+    ) -> Vec<Result<(), HandleError>> {
         match self.settle(&batch).await {
             Ok(outcomes) => outcomes,
             Err(e) => {
@@ -126,33 +134,19 @@ impl Handler for Payments {
     }
 }
 
-/// The wallet a command moves, if it names one.
-fn customer(message: &Envelope) -> Option<uuid::Uuid> {
+fn instruction(message: &Envelope<PaymentCommand>) -> Instruction {
     match message.body {
-        Body::ChargePayment { customer_id, .. } | Body::RefundPayment { customer_id } => {
-            Some(customer_id)
-        }
-        _ => None,
-    }
-}
-
-fn instruction(message: &Envelope) -> Result<Instruction, HandleError> {
-    match message.body {
-        Body::ChargePayment {
+        PaymentCommand::ChargePayment {
             customer_id,
             amount_minor,
-        } => Ok(Instruction::Charge {
+        } => Instruction::Charge {
             order_id: message.order_id,
             customer_id,
             amount_minor,
-        }),
-        Body::RefundPayment { customer_id } => Ok(Instruction::Refund {
+        },
+        PaymentCommand::RefundPayment { customer_id } => Instruction::Refund {
             order_id: message.order_id,
             customer_id,
-        }),
-        ref other => Err(HandleError::Permanent(format!(
-            "payments does not handle {}",
-            other.kind()
-        ))),
+        },
     }
 }

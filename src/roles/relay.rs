@@ -4,7 +4,9 @@
 //! of relays share the work without waiting on each other), publishes them, and commits the
 //! delete only once RabbitMQ has confirmed them. Passes overlap: while one batch waits for its
 //! confirms, the next is taken and published, up to [`WINDOW`] batches in flight, each
-//! committed as its confirms arrive, oldest first. A crash between a confirm and its commit
+//! committed as its confirms arrive, oldest first. The next batch is taken at once only while
+//! the last one came back full (a backlog); otherwise the relay first waits for the confirms it
+//! has in flight, so that rows gather meanwhile and the next pass takes many, not one. A crash between a confirm and its commit
 //! publishes that batch again later: consumers dedupe by message id. The relay sleeps until
 //! Postgres notifies it of new rows (`LISTEN orderly_outbox`), or a short poll interval passes
 //! in case a notification was lost while reconnecting; every notification already queued is
@@ -12,7 +14,6 @@
 
 use std::{collections::VecDeque, time::Instant};
 
-use lapin::BasicProperties;
 use sqlx::postgres::PgListener;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -20,8 +21,8 @@ use tokio::sync::watch;
 use crate::{
     messaging::{
         self,
-        envelope::{Envelope, Exchange},
-        publisher::{self, InFlight, Outgoing, PublishError, Publisher},
+        envelope::{Exchange, Outbound},
+        publisher::{InFlight, Outgoing, PublishError, Publisher},
     },
     store::postgres::outbox,
 };
@@ -73,9 +74,9 @@ async fn relay(context: &RoleContext, shutdown: &watch::Receiver<bool>) -> Resul
         }
         // Every notification that came while the last pass ran is for rows this pass takes.
         while listener.next_buffered().is_some() {}
-        // Take while the window has room: rows that came while the last batch was published
-        // go out before its confirms are awaited.
-        if in_flight.len() < WINDOW {
+        // Take while the window has room and the last take found a backlog: those rows go out
+        // before the last batch's confirms are awaited.
+        if in_flight.len() < WINDOW && in_flight.back().is_none_or(|b| b.full) {
             match take(context, &publisher).await {
                 Ok(Some(batch)) => {
                     in_flight.push_back(batch);
@@ -121,6 +122,8 @@ const WINDOW: usize = 2;
 struct Batch {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
     published: InFlight,
+    /// It took as many rows as a batch may: more are likely waiting.
+    full: bool,
 }
 
 impl Batch {
@@ -138,29 +141,23 @@ async fn take(context: &RoleContext, publisher: &Publisher) -> Result<Option<Bat
     if rows.is_empty() {
         return Ok(None);
     }
-    let messages: Vec<Outgoing> = rows.into_iter().map(outgoing).collect();
+    let full = rows.len() as i64 >= context.settings.relay_batch;
+    let messages: Vec<Outgoing> = rows
+        .into_iter()
+        .map(|row| {
+            Outgoing::new(Outbound {
+                message_id: row.message_id,
+                // The column's CHECK allows only the exchanges there are.
+                exchange: Exchange::parse(&row.exchange).unwrap_or(Exchange::Events),
+                routing_key: row.routing_key,
+                body: row.body,
+            })
+        })
+        .collect();
     let published = publisher.publish(&messages).await?;
-    Ok(Some(Batch { tx, published }))
-}
-
-/// A row as a message. Its headers come from the envelope; a body this build cannot decode is
-/// sent as it is, with its id, and the consumer dead-letters it with the reason.
-fn outgoing(row: outbox::Taken) -> Outgoing {
-    let properties = match serde_json::from_str::<Envelope>(&row.body) {
-        Ok(envelope) => publisher::properties(&envelope),
-        Err(e) => {
-            tracing::error!(message_id = %row.message_id, error = %e, "relaying an outbox row this build cannot decode");
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into())
-                .with_message_id(row.message_id.to_string().into())
-        }
-    };
-    Outgoing {
-        // The column's CHECK allows only the exchanges there are.
-        exchange: Exchange::parse(&row.exchange).unwrap_or(Exchange::Events),
-        routing_key: row.routing_key,
-        payload: row.body.into_bytes(),
-        properties,
-    }
+    Ok(Some(Batch {
+        tx,
+        published,
+        full,
+    }))
 }

@@ -25,11 +25,12 @@ use crate::{
     domain::{
         FieldViolation,
         order::{self, OrderLine, OrderStatus},
-        saga::{Policy, Saga},
+        saga::{Command, FactKind, Policy, Saga},
     },
     messaging::{
         self,
-        envelope::{Body, Envelope, HistoryEvent, Line},
+        envelope::{Envelope, HistoryEvent, SagaReply},
+        sends::{Addressee, NewEvent, Sends},
     },
     metrics::{Metrics, SagaLabels},
     store::{
@@ -140,43 +141,21 @@ impl Orders {
         let saga_id = Uuid::now_v7();
         let (saga, first) = Saga::checkout(now, &self.policy);
         let trace = messaging::new_traceparent();
-        let items: Vec<Line> = lines
-            .iter()
-            .map(|l| Line {
-                product_id: l.product_id,
-                quantity: l.quantity,
-            })
-            .collect();
-        let mut outgoing: Vec<Envelope> = first
-            .commands
-            .iter()
-            .map(|c| {
-                Envelope::new(
-                    saga_id,
-                    order_id,
-                    c.attempt,
-                    Body::command(c.action, &items, customer_id, total_minor),
-                )
-            })
-            .collect();
-        let placed = HistoryEvent {
-            seq: 1,
-            kind: "order_placed".into(),
-            at: now,
+        let to = Addressee {
+            order_id,
+            saga_id,
+            customer_id,
+            amount_minor: total_minor,
+            lines,
+        };
+        let commands: Vec<(Uuid, Command)> = first.commands.iter().map(|&c| (saga_id, c)).collect();
+        let placed = NewEvent {
+            kind: FactKind::OrderPlaced.as_str(),
             data: json!({ "saga_id": saga_id, "total_minor": total_minor, "lines": lines.len() }),
         };
-        outgoing.push(Envelope::new(
-            saga_id,
-            order_id,
-            1,
-            Body::History {
-                events: vec![placed],
-            },
-        ));
-        let outgoing: Vec<Envelope> = outgoing
-            .into_iter()
-            .map(|e| e.with_traceparent(Some(trace.clone())))
-            .collect();
+        let mut sends = Sends::default();
+        sends.record_transition(&to, 0, &commands, vec![placed], now, &trace);
+        let outgoing = sends.finish();
         let placement = Placement {
             order: NewOrder {
                 id: order_id,
@@ -307,25 +286,32 @@ impl Orders {
             return Ok(current);
         };
         let trace = messaging::new_traceparent();
-        let requested = HistoryEvent {
-            seq: order.last_seq,
-            kind: "cancel_requested".into(),
-            at: Utc::now(),
+        let mut sends = Sends::default();
+        sends.send(
+            &Envelope::new(order.saga_id, order_id, 1, SagaReply::CancelRequested)
+                .with_traceparent(Some(trace.clone())),
+        );
+        let requested = NewEvent {
+            kind: FactKind::CancelRequested.as_str(),
             data: json!({ "saga_id": order.saga_id, "status": order.status }),
         };
-        let outgoing = [
-            Envelope::new(order.saga_id, order_id, 1, Body::CancelRequested),
-            Envelope::new(
-                order.saga_id,
-                order_id,
-                1,
-                Body::History {
-                    events: vec![requested],
-                },
-            ),
-        ]
-        .map(|e| e.with_traceparent(Some(trace.clone())));
-        outbox::enqueue(&mut tx, &outgoing).await?;
+        // The update took the event's seq already: it is the order's last.
+        let to = Addressee {
+            order_id,
+            saga_id: order.saga_id,
+            customer_id: order.customer_id,
+            amount_minor: order.total_minor,
+            lines: &[],
+        };
+        sends.record_transition(
+            &to,
+            order.last_seq - 1,
+            &[],
+            vec![requested],
+            Utc::now(),
+            &trace,
+        );
+        outbox::enqueue(&mut tx, &sends.finish()).await?;
         tx.commit().await?;
         self.view(viewer, order_id).await
     }

@@ -3,10 +3,7 @@
 //! it lost its data, or checked for drift without changing anything. The rules are in
 //! [`crate::domain::reservation`]; this joins the stores around them.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    fmt,
-};
+use std::{collections::BTreeMap, fmt};
 
 use uuid::Uuid;
 
@@ -147,7 +144,7 @@ impl Reconciler {
                 *on_hand.entry(pending.product_id).or_default() += pending.delta;
             }
         }
-        let lines = self.lines(&holding).await?;
+        let lines = orders::lines(&self.stores.pg, &holding).await?;
         let expected = match reservation::levels(on_hand, lines.values().flatten()) {
             Ok(levels) => levels,
             Err(Overcommitted(over)) => {
@@ -191,7 +188,7 @@ impl Reconciler {
             .filter(|(_, r)| *r == Record::Reserved)
             .map(|&(id, _)| id)
             .collect();
-        let lines = self.lines(&holding).await?;
+        let lines = orders::lines(&self.stores.pg, &holding).await?;
         let on_hand = stock_ledger::all_on_hand(&self.stores.pg).await?;
         let levels = reservation::levels(on_hand, lines.values().flatten()).map_err(|over| {
             let named: Vec<String> = over
@@ -219,20 +216,5 @@ impl Reconciler {
             holding: holding.len(),
             drift: Vec::new(),
         })
-    }
-
-    /// The `(product, quantity)` lines of each order.
-    async fn lines(
-        &self,
-        order_ids: &[Uuid],
-    ) -> Result<HashMap<Uuid, Vec<(Uuid, i64)>>, ServiceError> {
-        let mut lines: HashMap<Uuid, Vec<(Uuid, i64)>> = HashMap::with_capacity(order_ids.len());
-        for item in orders::items(&self.stores.pg, order_ids).await? {
-            lines
-                .entry(item.order_id)
-                .or_default()
-                .push((item.product_id, i64::from(item.quantity)));
-        }
-        Ok(lines)
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::messaging::envelope::HistoryEvent;
+use crate::messaging::envelope::{HistoryEvent, OrderEvents};
 
 /// The collection holding every order's history events (the load test reads it directly).
 pub const HISTORY: &str = "order_history";
@@ -56,16 +56,14 @@ impl OrderHistory {
         Ok(())
     }
 
-    /// Stores events of an order, skipping those already stored.
-    pub async fn append(&self, order_id: Uuid, events: &[HistoryEvent]) -> Result<(), StoreError> {
-        self.append_many(&[(order_id, events)]).await
-    }
-
     /// Stores the events of several orders in one `insert_many`, skipping those already stored.
-    pub async fn append_many(&self, orders: &[(Uuid, &[HistoryEvent])]) -> Result<(), StoreError> {
+    pub async fn append_many<'a>(
+        &self,
+        orders: impl IntoIterator<Item = &'a OrderEvents>,
+    ) -> Result<(), StoreError> {
         let docs: Vec<EventDoc> = orders
-            .iter()
-            .flat_map(|(order_id, events)| {
+            .into_iter()
+            .flat_map(|OrderEvents { order_id, events }| {
                 events.iter().map(move |e| EventDoc {
                     id: format!("{order_id}/{:010}", e.seq),
                     order_id: order_id.to_string(),

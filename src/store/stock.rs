@@ -12,7 +12,10 @@ use redis::{Script, aio::ConnectionManager};
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::domain::reservation::{Level, Record};
+use crate::domain::{
+    order::OrderLine,
+    reservation::{Level, Record},
+};
 
 // One copy per process: the handles are cloned into every request's state, and a `Script`
 // clone copies its source.
@@ -30,7 +33,7 @@ const REBUILD_BATCH: usize = 500;
 pub struct RebuiltRecord<'a> {
     pub order_id: Uuid,
     pub record: Record,
-    pub lines: &'a [(Uuid, i64)],
+    pub lines: &'a [OrderLine],
 }
 
 /// How long a settled adjustment's marker is kept: seven days.
@@ -61,7 +64,7 @@ pub enum ReserveOutcome {
 pub enum StockOp<'a> {
     Reserve {
         order_id: Uuid,
-        lines: &'a [(Uuid, i64)],
+        lines: &'a [OrderLine],
     },
     Release {
         order_id: Uuid,
@@ -133,11 +136,11 @@ impl StockCounters {
         format!("{}reservation:{{{order_id}}}", self.prefix)
     }
 
-    /// Runs `reserve.lua` for an order's `(product, quantity)` lines.
+    /// Runs `reserve.lua` for an order's lines.
     pub async fn reserve(
         &self,
         order_id: Uuid,
-        lines: &[(Uuid, i64)],
+        lines: &[OrderLine],
     ) -> Result<ReserveOutcome, StoreError> {
         let answer: (i64, i64, i64) = self
             .reserve_invocation(order_id, lines)
@@ -200,17 +203,17 @@ impl StockCounters {
     fn reserve_invocation(
         &self,
         order_id: Uuid,
-        lines: &[(Uuid, i64)],
+        lines: &[OrderLine],
     ) -> redis::ScriptInvocation<'static> {
         let mut invocation = RESERVE.key(self.reservation_key(order_id));
-        for &(product, quantity) in lines {
+        for line in lines {
             invocation
-                .key(self.available_key(product))
-                .key(self.held_key(product))
-                .arg(quantity);
+                .key(self.available_key(line.product_id))
+                .key(self.held_key(line.product_id))
+                .arg(line.quantity);
         }
-        for &(product, _) in lines {
-            invocation.arg(product.to_string());
+        for line in lines {
+            invocation.arg(line.product_id.to_string());
         }
         invocation
     }
@@ -395,7 +398,7 @@ impl StockCounters {
                         record
                             .lines
                             .iter()
-                            .map(|(product, quantity)| (product.to_string(), quantity.to_string())),
+                            .map(|l| (l.product_id.to_string(), l.quantity.to_string())),
                     ),
                     // Which line was short is not kept in Postgres; a replay only logs it.
                     Record::Rejected => fields.push(("short".into(), "1".into())),

@@ -12,7 +12,7 @@ use orderly::{
     messaging::{
         self,
         consumer::Handler,
-        envelope::{Body, Envelope},
+        envelope::{Envelope, SagaReply},
         topology::{Queue, Topology},
     },
     roles::{Role, orchestrator::Orchestrator},
@@ -101,8 +101,8 @@ async fn cancel_while_compensating(settings: &[(&str, &str)]) {
     // The orchestrator's part so far, by hand: reserved, then declined; it now releases.
     let orchestrator = Orchestrator::new(app.role_context());
     for body in [
-        Body::StockReserved,
-        Body::PaymentDeclined {
+        SagaReply::StockReserved,
+        SagaReply::PaymentDeclined {
             reason: OrderReason::InsufficientFunds,
         },
     ] {

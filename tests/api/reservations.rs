@@ -9,7 +9,10 @@
 use std::collections::HashMap;
 
 use futures::future::join_all;
-use orderly::store::stock::{ReserveOutcome, StockCounters};
+use orderly::{
+    domain::order::OrderLine,
+    store::stock::{ReserveOutcome, StockCounters},
+};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -42,7 +45,7 @@ struct Fixture {
     stock: StockCounters,
     products: Vec<Uuid>,
     orders: Vec<Uuid>,
-    lines: Vec<Vec<(Uuid, i64)>>,
+    lines: Vec<Vec<OrderLine>>,
 }
 
 impl Fixture {
@@ -55,7 +58,7 @@ impl Fixture {
                     .unwrap(),
             ),
             Call::Release(o) => {
-                let products: Vec<Uuid> = self.lines[o].iter().map(|l| l.0).collect();
+                let products: Vec<Uuid> = self.lines[o].iter().map(|l| l.product_id).collect();
                 self.stock.release(self.orders[o], &products).await.unwrap();
                 None
             }
@@ -84,7 +87,11 @@ async fn check(f: &Fixture, opening: &[i64]) {
     let mut recorded = [0i64; PRODUCTS];
     for o in 0..ORDERS {
         if f.state(o).await.as_deref() == Some("reserved") {
-            for &(product, quantity) in &f.lines[o] {
+            for &OrderLine {
+                product_id: product,
+                quantity,
+            } in &f.lines[o]
+            {
                 let p = f.products.iter().position(|&id| id == product).unwrap();
                 recorded[p] += quantity;
             }
@@ -125,9 +132,9 @@ proptest! {
                 }
             }
             let orders: Vec<Uuid> = (0..ORDERS).map(|_| Uuid::now_v7()).collect();
-            let lines: Vec<Vec<(Uuid, i64)>> = lines
+            let lines: Vec<Vec<OrderLine>> = lines
                 .iter()
-                .map(|ls| ls.iter().map(|&(p, q)| (products[p], q)).collect())
+                .map(|ls| ls.iter().map(|&(p, q)| OrderLine::new(products[p], q)).collect())
                 .collect();
             let f = Fixture { stock, products, orders, lines };
 
@@ -190,7 +197,10 @@ async fn a_release_that_overtakes_its_reserve_leaves_a_tombstone() {
         "nothing to give back"
     );
     assert_eq!(
-        stock.reserve(order, &[(product, 2)]).await.unwrap(),
+        stock
+            .reserve(order, &[OrderLine::new(product, 2)])
+            .await
+            .unwrap(),
         ReserveOutcome::Tombstoned
     );
     assert_eq!(stock.available(&[product]).await.unwrap(), [5]);
@@ -199,12 +209,15 @@ async fn a_release_that_overtakes_its_reserve_leaves_a_tombstone() {
     // And the normal way round: reserve, release once, a second release gives nothing back.
     let second = Uuid::now_v7();
     assert_eq!(
-        stock.reserve(second, &[(product, 5)]).await.unwrap(),
+        stock
+            .reserve(second, &[OrderLine::new(product, 5)])
+            .await
+            .unwrap(),
         ReserveOutcome::Reserved
     );
     assert_eq!(
         stock
-            .reserve(Uuid::now_v7(), &[(product, 1)])
+            .reserve(Uuid::now_v7(), &[OrderLine::new(product, 1)])
             .await
             .unwrap(),
         ReserveOutcome::Short {

@@ -12,7 +12,7 @@ use super::{
     orders::{COLUMNS, ItemRow, NewOrder, OrderRow},
     outbox,
 };
-use crate::{domain::order::OrderReason, domain::saga::Saga, messaging::envelope::Envelope};
+use crate::{domain::order::OrderReason, domain::saga::Saga, messaging::envelope::Outbound};
 
 /// Everything a new checkout writes.
 pub struct Placement<'a> {
@@ -20,7 +20,7 @@ pub struct Placement<'a> {
     pub key: &'a str,
     pub request_hash: &'a [u8],
     pub saga: &'a Saga,
-    pub outgoing: &'a [Envelope],
+    pub outgoing: &'a [Outbound],
     /// The customer's pending orders at which nothing is written; 0: no bound.
     pub max_pending: i64,
 }
@@ -64,7 +64,7 @@ pub async fn place(
          ), queued AS ( \
              INSERT INTO outbox (message_id, exchange, routing_key, body) \
              SELECT u.* FROM placed, \
-                    UNNEST($19::uuid[], $20::text[], $21::text[], $22::jsonb[]) u \
+                    UNNEST($19::uuid[], $20::text[], $21::text[], $22::text[]::jsonb[]) u \
          ) \
          SELECT * FROM placed"
     ))

@@ -1,5 +1,7 @@
 //! Orders, their items and the checkout idempotency keys.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, types::Json};
 use uuid::Uuid;
@@ -7,7 +9,7 @@ use uuid::Uuid;
 use super::sagas::SagaRow;
 
 use crate::domain::{
-    order::{OrderReason, OrderStatus},
+    order::{OrderLine, OrderReason, OrderStatus},
     saga::OrderChange,
 };
 
@@ -75,18 +77,26 @@ pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>,
         .await
 }
 
-/// The items of the given orders, in line order.
-pub async fn items(
+/// The lines of the given orders, each order's in line order.
+pub async fn lines(
     conn: impl sqlx::PgExecutor<'_>,
     order_ids: &[Uuid],
-) -> Result<Vec<ItemRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT order_id, product_id, quantity, price_minor FROM order_items \
+) -> Result<HashMap<Uuid, Vec<OrderLine>>, sqlx::Error> {
+    let rows: Vec<(Uuid, Uuid, i32)> = sqlx::query_as(
+        "SELECT order_id, product_id, quantity FROM order_items \
          WHERE order_id = ANY($1) ORDER BY order_id, line",
     )
     .bind(order_ids)
     .fetch_all(conn)
-    .await
+    .await?;
+    let mut lines: HashMap<Uuid, Vec<OrderLine>> = HashMap::with_capacity(order_ids.len());
+    for (order_id, product_id, quantity) in rows {
+        lines.entry(order_id).or_default().push(OrderLine {
+            product_id,
+            quantity: i64::from(quantity),
+        });
+    }
+    Ok(lines)
 }
 
 /// An order as the API shows it: with its lines and the saga now in charge, read together.
@@ -210,7 +220,7 @@ pub async fn request_cancel(
 /// see [`super::sagas::lock`]).
 pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<OrderRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM orders o WHERE o.id = ANY($1) ORDER BY o.id FOR UPDATE"
+        "SELECT {COLUMNS} FROM orders o WHERE o.id = ANY($1) ORDER BY o.id FOR NO KEY UPDATE"
     ))
     .bind(ids)
     .fetch_all(conn)

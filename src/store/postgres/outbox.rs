@@ -1,46 +1,39 @@
 //! The outbox: messages written in the transaction that decided to send them, published by the
 //! relay and deleted once RabbitMQ confirmed them.
 
-use sqlx::{PgConnection, PgPool, types::Json};
+use sqlx::{PgConnection, PgPool};
 
-use crate::messaging::envelope::Envelope;
+use crate::messaging::envelope::Outbound;
 
-/// The outbox columns of `envelopes`, one array per column, for an `UNNEST` insert.
+/// The outbox columns of `messages`, one array per column, for an `UNNEST` insert. Bodies go as
+/// text, cast to `jsonb` by the statement (`$n::text[]::jsonb[]`): they are JSON already.
 pub(super) struct Rows<'a> {
     pub ids: Vec<uuid::Uuid>,
     pub exchanges: Vec<&'static str>,
-    pub keys: Vec<String>,
-    pub bodies: Vec<Json<&'a Envelope>>,
+    pub keys: Vec<&'a str>,
+    pub bodies: Vec<&'a str>,
 }
 
 impl<'a> Rows<'a> {
-    pub(super) fn of(envelopes: &'a [Envelope]) -> Self {
-        let mut rows = Self {
-            ids: Vec::with_capacity(envelopes.len()),
-            exchanges: Vec::with_capacity(envelopes.len()),
-            keys: Vec::with_capacity(envelopes.len()),
-            bodies: Vec::with_capacity(envelopes.len()),
-        };
-        for envelope in envelopes {
-            let (exchange, key) = envelope.body.route();
-            rows.ids.push(envelope.message_id);
-            rows.exchanges.push(exchange.as_str());
-            rows.keys.push(key);
-            rows.bodies.push(Json(envelope));
+    pub(super) fn of(messages: &'a [Outbound]) -> Self {
+        Self {
+            ids: messages.iter().map(|m| m.message_id).collect(),
+            exchanges: messages.iter().map(|m| m.exchange.as_str()).collect(),
+            keys: messages.iter().map(|m| m.routing_key.as_str()).collect(),
+            bodies: messages.iter().map(|m| m.body.as_str()).collect(),
         }
-        rows
     }
 }
 
 /// Queues messages inside the caller's transaction, in one statement.
-pub async fn enqueue(conn: &mut PgConnection, envelopes: &[Envelope]) -> Result<(), sqlx::Error> {
-    if envelopes.is_empty() {
+pub async fn enqueue(conn: &mut PgConnection, messages: &[Outbound]) -> Result<(), sqlx::Error> {
+    if messages.is_empty() {
         return Ok(());
     }
-    let rows = Rows::of(envelopes);
+    let rows = Rows::of(messages);
     sqlx::query(
         "INSERT INTO outbox (message_id, exchange, routing_key, body) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[])",
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]::jsonb[])",
     )
     .bind(&rows.ids)
     .bind(&rows.exchanges)

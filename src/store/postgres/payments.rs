@@ -17,7 +17,7 @@ pub async fn lock(
 ) -> Result<HashMap<Uuid, Payment>, sqlx::Error> {
     let rows: Vec<(Uuid, Uuid, String, i64)> = sqlx::query_as(
         "SELECT order_id, customer_id, status, amount_minor FROM payments \
-         WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
+         WHERE order_id = ANY($1) ORDER BY order_id FOR NO KEY UPDATE",
     )
     .bind(orders)
     .fetch_all(conn)
@@ -44,7 +44,7 @@ pub async fn lock_wallets(
     customers: &[Uuid],
 ) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
     let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT id, balance_minor FROM customers WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        "SELECT id, balance_minor FROM customers WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
     )
     .bind(customers)
     .fetch_all(conn)
