@@ -78,7 +78,7 @@ pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<SagaRow>, 
 /// wait on each other in a circle.
 pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<SagaRow>, sqlx::Error> {
     let raw: Vec<Raw> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM sagas s WHERE s.id = ANY($1) ORDER BY s.id FOR UPDATE"
+        "SELECT {COLUMNS} FROM sagas s WHERE s.id = ANY($1) ORDER BY s.id FOR NO KEY UPDATE"
     ))
     .bind(ids)
     .fetch_all(conn)
@@ -215,10 +215,12 @@ pub async fn prune_log(pool: &PgPool, age: std::time::Duration) -> Result<u64, s
     .await
 }
 
-/// Sagas whose step deadline has passed, as `(saga, order)`, oldest deadline first.
+/// Sagas whose step deadline has passed, as `(saga, order)`, oldest deadline first; read from
+/// the sagas in flight (`sagas_in_flight`), so that a step moving `deadline_at` is a HOT update.
 pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, order_id FROM sagas WHERE deadline_at <= now() \
+        "SELECT id, order_id FROM sagas \
+         WHERE finished_at IS NULL AND deadline_at <= now() \
          ORDER BY deadline_at LIMIT $1",
     )
     .bind(limit)
