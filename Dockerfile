@@ -6,17 +6,23 @@ FROM rust:1-bookworm AS builder
 WORKDIR /src
 # Only what the build reads: a change to docs or scripts must not invalidate
 # the build layer. Migrations and Lua scripts are compiled into the binary.
+# The load generator is a member of the workspace (and a dev-dependency), so
+# cargo cannot read the workspace, let alone hold `--locked`, without it;
+# only `orderly` is compiled. (`scripts/test` rebuilds this context from these
+# COPY lines and checks that cargo resolves it.)
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
 COPY lua ./lua
+COPY loadtest/Cargo.toml ./loadtest/Cargo.toml
+COPY loadtest/src ./loadtest/src
 # Cache mounts keep the crate registry and compiled dependencies between
 # builds, so a code change recompiles orderly, not the world. The binary is
 # copied out because cache mounts are not part of the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin orderly \
+    cargo build --release --locked --package orderly --bin orderly \
     && cp target/release/orderly /usr/local/bin/orderly
 
 FROM debian:bookworm-slim
