@@ -127,6 +127,7 @@ impl Application {
             admin_token: Arc::from(settings.admin_token.as_str()),
             stores,
             readiness,
+            topology: Topology::new(&settings.amqp_prefix),
         };
         Ok(Self {
             listener,

@@ -1,6 +1,8 @@
 //! Prometheus metrics. One registry per application (not a global), so tests that run many apps
 //! in one process each see only their own numbers.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -37,6 +39,12 @@ pub struct QueueLabels {
     pub queue: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SagaStateLabels {
+    pub kind: &'static str,
+    pub state: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -54,8 +62,16 @@ pub struct Metrics {
     pub rating_aggregations: Counter,
     /// Orders pending as admission control last read them (API processes only).
     pub orders_pending: Gauge,
+    /// The pending orders at which checkouts are refused (0: no bound).
+    pub orders_pending_limit: Gauge,
     /// Rows waiting in the outbox, as of the last scrape or relay pass.
     pub outbox_backlog: Gauge,
+    /// Sagas not yet ended, by kind and state, read from Postgres at scrape time.
+    pub sagas_in_flight: Family<SagaStateLabels, Gauge>,
+    /// Age of the oldest saga not yet ended, by kind and state (0 when there is none).
+    pub saga_oldest_in_flight: Family<SagaStateLabels, Gauge<f64, AtomicU64>>,
+    /// Messages waiting in each dead-letter queue, read from RabbitMQ at scrape time.
+    pub dead_letters: Family<QueueLabels, Gauge>,
     pub messages_consumed: Family<QueueLabels, Counter>,
     pub messages_redelivered: Family<QueueLabels, Counter>,
     pub messages_retried: Family<QueueLabels, Counter>,
@@ -141,11 +157,35 @@ impl Default for Metrics {
             "Orders not yet settled, as admission control last counted them",
             orders_pending.clone(),
         );
+        let orders_pending_limit = Gauge::default();
+        registry.register(
+            "orders_pending_limit",
+            "Pending orders at which checkouts are refused (ORDERLY_MAX_PENDING_ORDERS; 0: no bound)",
+            orders_pending_limit.clone(),
+        );
         let outbox_backlog = Gauge::default();
         registry.register(
             "outbox_backlog",
             "Messages in the outbox not yet confirmed by RabbitMQ",
             outbox_backlog.clone(),
+        );
+        let sagas_in_flight = Family::<SagaStateLabels, Gauge>::default();
+        registry.register(
+            "sagas_in_flight",
+            "Sagas not yet ended, by kind and state",
+            sagas_in_flight.clone(),
+        );
+        let saga_oldest_in_flight = Family::<SagaStateLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "saga_oldest_in_flight_seconds",
+            "Age of the oldest saga not yet ended, by kind and state",
+            saga_oldest_in_flight.clone(),
+        );
+        let dead_letters = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "dead_letters",
+            "Messages waiting in a dead-letter queue, by the queue they came from",
+            dead_letters.clone(),
         );
         let messages = |registry: &mut Registry, name: &str, help: &str| {
             let family = Family::<QueueLabels, Counter>::default();
@@ -185,7 +225,11 @@ impl Default for Metrics {
             checkouts_rate_limited,
             rating_aggregations,
             orders_pending,
+            orders_pending_limit,
             outbox_backlog,
+            sagas_in_flight,
+            saga_oldest_in_flight,
+            dead_letters,
             messages_consumed,
             messages_redelivered,
             messages_retried,
@@ -196,6 +240,11 @@ impl Default for Metrics {
 
 impl Metrics {
     /// The Prometheus text exposition of every metric.
+    /// The content type of what [`Self::render`] writes: OpenMetrics text (it ends in `# EOF`),
+    /// which Prometheus asks for and parses as such.
+    pub const CONTENT_TYPE: &'static str =
+        "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
     pub fn render(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.

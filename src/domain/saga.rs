@@ -38,6 +38,12 @@ pub enum SagaKind {
 }
 
 impl SagaKind {
+    pub const ALL: [Self; 2] = [Self::Checkout, Self::Cancellation];
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == raw)
+    }
+
     /// The name used in JSON, in Postgres and in metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -59,6 +65,18 @@ pub enum SagaState {
 }
 
 impl SagaState {
+    pub const ALL: [Self; 5] = [
+        Self::Running,
+        Self::Compensating,
+        Self::Completed,
+        Self::Compensated,
+        Self::Failed,
+    ];
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+
     /// The name used in JSON and in Postgres.
     pub fn as_str(self) -> &'static str {
         match self {

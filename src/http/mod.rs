@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub admin_token: Arc<str>,
     pub readiness: Readiness,
+    /// Queue names, for the dead letters.
+    pub topology: crate::messaging::topology::Topology,
 }
 
 pub fn router(state: AppState, body_limit: usize) -> Router {

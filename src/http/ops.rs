@@ -13,6 +13,9 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::AppState;
 use crate::{
+    domain::saga::{SagaKind, SagaState},
+    messaging::topology::Queue,
+    metrics::{Metrics, QueueLabels, SagaStateLabels},
     readiness::{Readiness, Store},
     services::Stores,
     store::{StoreError, postgres},
@@ -87,26 +90,67 @@ impl Probe {
     }
 }
 
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
+/// Prometheus metrics, as OpenMetrics text.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    // The backlog is shared by every relay, so it is read from Postgres at scrape time. If
-    // Postgres does not answer, the last value stays: the scrape itself must not fail.
-    if let Ok(Ok(backlog)) = tokio::time::timeout(
-        Duration::from_secs(1),
-        crate::store::postgres::outbox::backlog(&state.stores.pg),
-    )
-    .await
-    {
-        state.metrics.outbox_backlog.set(backlog);
-    }
+    refresh_store_gauges(&state).await;
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)],
         state.metrics.render(),
     )
+}
+
+/// Sets the gauges read from the stores at scrape time: the outbox backlog and the sagas in
+/// flight (Postgres), the dead letters (RabbitMQ). They are shared by every process, so no
+/// process counts them as it works. A store that does not answer within a second leaves its
+/// gauges as they were: the scrape itself must not fail.
+async fn refresh_store_gauges(state: &AppState) {
+    let second = Duration::from_secs(1);
+    let dead_queues: Vec<String> = Queue::ALL
+        .iter()
+        .map(|&q| state.topology.dead_letter_queue(q))
+        .collect();
+    let (backlog, sagas, dead) = tokio::join!(
+        tokio::time::timeout(second, postgres::outbox::backlog(&state.stores.pg)),
+        tokio::time::timeout(second, postgres::sagas::in_flight(&state.stores.pg)),
+        tokio::time::timeout(second, state.stores.broker.queue_depths(&dead_queues)),
+    );
+    let metrics = &state.metrics;
+    if let Ok(Ok(backlog)) = backlog {
+        metrics.outbox_backlog.set(backlog);
+    }
+    if let Ok(Ok(rows)) = sagas {
+        // Every kind and state in flight is set, to zero when no saga is in it now.
+        for kind in SagaKind::ALL {
+            for state in [SagaState::Running, SagaState::Compensating] {
+                let row = rows
+                    .iter()
+                    .find(|(k, s, _, _)| k == kind.as_str() && s == state.as_str());
+                let labels = SagaStateLabels {
+                    kind: kind.as_str(),
+                    state: state.as_str(),
+                };
+                metrics
+                    .sagas_in_flight
+                    .get_or_create(&labels)
+                    .set(row.map_or(0, |r| r.2));
+                metrics
+                    .saga_oldest_in_flight
+                    .get_or_create(&labels)
+                    .set(row.map_or(0.0, |r| r.3));
+            }
+        }
+    }
+    if let Ok(Ok(depths)) = dead {
+        for (queue, depth) in Queue::ALL.iter().zip(depths) {
+            metrics
+                .dead_letters
+                .get_or_create(&QueueLabels {
+                    queue: queue.as_str(),
+                })
+                .set(i64::from(depth.unwrap_or(0)));
+        }
+    }
 }
 
 /// This API's OpenAPI 3.1 description, generated from the handlers and types.
@@ -117,10 +161,7 @@ pub async fn openapi() -> impl IntoResponse {
 
 /// The little HTTP surface of `orderly worker`: its own metrics, liveness, and the readiness of
 /// the stores its roles use.
-pub fn worker_router(
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-    probe: Probe,
-) -> axum::Router {
+pub fn worker_router(metrics: std::sync::Arc<Metrics>, probe: Probe) -> axum::Router {
     axum::Router::new()
         .route(
             "/readyz",
@@ -133,10 +174,7 @@ pub fn worker_router(
             "/metrics",
             axum::routing::get(move || async move {
                 (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
+                    [(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)],
                     metrics.render(),
                 )
             }),

@@ -138,6 +138,19 @@ pub async fn consume<H: Handler>(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConsumeError> {
+    // Every counter of the queue is listed from the start, at zero: a rate or an alert over a
+    // series that appears only with its first increase misses that increase.
+    let labels = QueueLabels {
+        queue: queue.as_str(),
+    };
+    for family in [
+        &metrics.messages_consumed,
+        &metrics.messages_redelivered,
+        &metrics.messages_retried,
+        &metrics.messages_dead_lettered,
+    ] {
+        family.get_or_create(&labels);
+    }
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())

@@ -71,6 +71,7 @@ impl Orders {
         max_pending: i64,
         per_customer: i64,
     ) -> Self {
+        metrics.orders_pending_limit.set(max_pending);
         Self {
             backlog: Arc::new(Backlog::new(max_pending, metrics.orders_pending.clone())),
             per_customer,

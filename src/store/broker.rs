@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable};
 use tokio::sync::Mutex;
 
 pub struct Broker {
@@ -40,6 +40,40 @@ impl Broker {
         };
         *slot = Some(connection);
         Ok(())
+    }
+
+    /// Messages waiting in each queue, in order; `None` for a queue that does not exist (yet:
+    /// the roles declare the topology). A passive declare on a missing queue closes its
+    /// channel, so such a queue gets a fresh channel for the next.
+    pub async fn queue_depths(
+        &self,
+        queues: &[String],
+    ) -> Result<Vec<Option<u32>>, super::StoreError> {
+        self.ping().await?;
+        let connection = self.connection.lock().await;
+        let Some(connection) = connection.as_ref() else {
+            return Ok(vec![None; queues.len()]);
+        };
+        let mut depths = Vec::with_capacity(queues.len());
+        let mut channel = connection.create_channel().await?;
+        for queue in queues {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            match channel
+                .queue_declare(queue, passive, FieldTable::default())
+                .await
+            {
+                Ok(declared) => depths.push(Some(declared.message_count())),
+                Err(_) => {
+                    depths.push(None);
+                    channel = connection.create_channel().await?;
+                }
+            }
+        }
+        let _ = channel.close(200, "counted").await;
+        Ok(depths)
     }
 
     pub async fn close(&self) {

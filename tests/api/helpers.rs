@@ -300,6 +300,7 @@ impl TestApp {
     pub async fn metrics(&self) -> String {
         let response = self.client.get(self.url("/metrics")).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
+        assert_openmetrics(&response);
         response.text().await.unwrap()
     }
 
@@ -578,4 +579,17 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A `/metrics` answer says what its body is: OpenMetrics text, which ends in `# EOF`.
+pub fn assert_openmetrics(response: &reqwest::Response) {
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type}"
+    );
 }

@@ -58,10 +58,16 @@ async fn a_step_nobody_answers_is_retried_then_timed_out_and_compensated() {
     assert_eq!(charge["name"], "charge_payment");
     assert_eq!(charge["attempts"], 2, "{compensating}");
     assert_eq!(charge["status"], "compensating");
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("orderly_saga_step_retries_total{step=\"charge_payment\"}"));
+    // The compensating saga is in flight; the payments step holds it there.
     assert!(
-        app.metrics()
-            .await
-            .contains("orderly_saga_step_retries_total{step=\"charge_payment\"}")
+        metrics.contains(r#"orderly_sagas_in_flight{kind="checkout",state="compensating"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"orderly_sagas_in_flight{kind="checkout",state="running"} 0"#),
+        "{metrics}"
     );
 
     // Payments comes back: the charges and the refund meet; whatever their order, no money moves.
@@ -72,6 +78,11 @@ async fn a_step_nobody_answers_is_retried_then_timed_out_and_compensated() {
     assert_eq!(app.balance(customer).await, 10_000);
     assert_eq!(app.available(product).await, 3);
     assert_eq!(app.held(product).await, 0);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"orderly_sagas_in_flight{kind="checkout",state="compensating"} 0"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -269,9 +280,24 @@ async fn a_message_nobody_can_process_is_dead_lettered_with_its_reason() {
         .unwrap()
         .await
         .unwrap();
+    // The gauge counts what waits in the dead-letter queue, read from RabbitMQ when scraped.
+    let waiting = r#"orderly_dead_letters{queue="payments"} 1"#;
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = app.metrics().await;
+        if metrics.contains(waiting) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metrics.contains(waiting), "{metrics}");
     assert_poison_dead_lettered(&channel, &topology).await;
     let _ = connection.close(200, "done").await;
     let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"orderly_dead_letters{queue="payments"} 0"#),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("orderly_messages_dead_lettered_total{queue=\"payments\"} 1"),
         "{metrics}"

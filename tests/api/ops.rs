@@ -47,6 +47,10 @@ async fn metrics_count_requests_by_route_and_status() {
         .await;
     let text = app.metrics().await;
     assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends in # EOF: {text}"
+    );
+    assert!(
         text.contains(
             r#"orderly_http_requests_total{method="GET",route="/products",status="200"} 1"#
         ),
@@ -139,4 +143,49 @@ async fn unknown_routes_and_wrong_methods_are_problems() {
     app.send(reqwest::Method::DELETE, "/healthz", None, None)
         .await
         .assert_problem(405, "method_not_allowed");
+}
+
+/// The alert rules and the Grafana dashboard name only metrics orderly serves: a renamed
+/// metric would otherwise leave an alert that never fires and a panel that stays empty.
+#[tokio::test]
+async fn alert_rules_and_the_dashboard_name_only_metrics_orderly_serves() {
+    let app = spawn_app().await;
+    // A family is listed once it has a sample: one saga gives every family the files name one.
+    let product = app.create_product(500, 3).await;
+    let (_, token) = app.create_customer(10_000).await;
+    let placed = app.place_order(&token, "metrics", &[(product, 1)]).await;
+    let order = placed.body["id"].as_str().unwrap();
+    assert_eq!(app.settled_order(order).await["status"], "confirmed");
+    let text = app.metrics().await;
+    let served: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    for file in [
+        "deploy/prometheus/orderly-alerts.yml",
+        "deploy/grafana/orderly.json",
+    ] {
+        let body =
+            std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let mut named = 0;
+        for (at, _) in body.match_indices("orderly_") {
+            let name: String = body[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            // Samples carry suffixes their family's TYPE line does not.
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| served.contains(base))
+                .unwrap_or(&name);
+            assert!(
+                served.contains(family),
+                "{file} names {name}, which /metrics does not serve"
+            );
+            named += 1;
+        }
+        assert!(named > 3, "{file} names {named} metrics");
+    }
 }

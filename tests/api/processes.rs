@@ -239,10 +239,9 @@ async fn a_worker_killed_mid_load_loses_nothing_and_doubles_nothing() {
         .get(format!("http://{worker_metrics}/metrics"))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
+    crate::helpers::assert_openmetrics(&scraped);
+    let scraped = scraped.text().await.unwrap();
     assert!(
         scraped.contains("orderly_messages_consumed_total{queue=\"payments\"}"),
         "{scraped}"

@@ -215,6 +215,18 @@ pub async fn prune_log(pool: &PgPool, age: std::time::Duration) -> Result<u64, s
     .await
 }
 
+/// The sagas not yet ended, by kind and state: how many, and the oldest one's age in seconds.
+/// Reads only the sagas in flight (`sagas_in_flight`).
+pub async fn in_flight(pool: &PgPool) -> Result<Vec<(String, String, i64, f64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT kind, state, count(*), \
+                extract(epoch FROM now() - min(started_at))::float8 \
+           FROM sagas WHERE finished_at IS NULL GROUP BY kind, state",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Sagas whose step deadline has passed, as `(saga, order)`, oldest deadline first; read from
 /// the sagas in flight (`sagas_in_flight`), so that a step moving `deadline_at` is a HOT update.
 pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
