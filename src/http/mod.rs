@@ -79,6 +79,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/orders/{id}", get(orders::get_order))
         .route("/orders/{id}/cancel", post(orders::cancel_order))
         .route("/orders/{id}/history", get(orders::order_history))
+        .route("/sagas", get(orders::search_sagas))
         .route("/sagas/{id}", get(orders::get_saga))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -16,7 +16,7 @@ use super::{customers, error, ops, orders, products, reviews};
         products::update_product, products::delete_product, products::adjust_stock,
         reviews::create_review, reviews::list_reviews,
         orders::place_order, orders::get_order, orders::list_orders, orders::cancel_order,
-        orders::order_history, orders::get_saga,
+        orders::order_history, orders::get_saga, orders::search_sagas,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     components(schemas(error::Problem, error::ProblemField)),

@@ -15,16 +15,19 @@ use uuid::Uuid;
 
 use super::{
     AppState,
-    auth::{Caller, CustomerCaller},
+    auth::{Admin, Caller, CustomerCaller},
     error::{ApiError, Problems},
     extract::{Id, JsonBody, Query, RequiredIdempotencyKey, etag, validated},
     page::{self, PageBody},
 };
 use crate::{
-    domain::order::{self, OrderLine, OrderStatus},
+    domain::{
+        order::{self, OrderLine, OrderStatus},
+        saga::{SagaKind, SagaState},
+    },
     messaging::envelope::HistoryEvent,
     services::orders::{OrderView, Viewer},
-    store::postgres::sagas::SagaRow,
+    store::postgres::sagas::{SagaFilter, SagaRow},
 };
 
 /// The longest `?wait=` honoured, in seconds.
@@ -342,6 +345,75 @@ pub async fn order_history(
         order_id: id,
         events: events.into_iter().map(Into::into).collect(),
     }))
+}
+
+/// The longest `stuck_for` taken: ten years, in seconds.
+const MAX_STUCK_FOR_SECS: u64 = 10 * 365 * 86_400;
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct SearchSagasQuery {
+    #[param(schema_with = saga_states)]
+    pub state: Option<SagaState>,
+    #[param(schema_with = saga_kinds)]
+    pub kind: Option<SagaKind>,
+    pub order_id: Option<Uuid>,
+    /// The customer whose orders the sagas are for.
+    pub customer_id: Option<Uuid>,
+    /// Started after this instant (RFC 3339).
+    pub started_after: Option<DateTime<Utc>>,
+    /// Started before this instant (RFC 3339).
+    pub started_before: Option<DateTime<Utc>>,
+    /// Not ended, and unchanged for at least this many seconds.
+    #[param(minimum = 0, maximum = 315_360_000)]
+    pub stuck_for: Option<u64>,
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+fn saga_states() -> utoipa::openapi::Object {
+    enum_schema(SagaState::ALL.map(SagaState::as_str))
+}
+
+fn saga_kinds() -> utoipa::openapi::Object {
+    enum_schema(SagaKind::ALL.map(SagaKind::as_str))
+}
+
+fn enum_schema<const N: usize>(values: [&str; N]) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(values))
+        .build()
+}
+
+/// Sagas, newest first, with every filter given holding (admin): what is stuck, what failed,
+/// one customer's.
+#[utoipa::path(get, path = "/sagas", tag = "orders", params(SearchSagasQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = PageBody<SagaBody>), Problems))]
+pub async fn search_sagas(
+    State(state): State<AppState>,
+    _: Admin,
+    Query(query): Query<SearchSagasQuery>,
+) -> Result<Json<PageBody<SagaBody>>, ApiError> {
+    let (limit, before) = page::params(query.limit, query.cursor.as_deref())?;
+    if query.stuck_for.is_some_and(|s| s > MAX_STUCK_FOR_SECS) {
+        return Err(ApiError::bad_field(
+            "stuck_for",
+            format!("must be a number of seconds between 0 and {MAX_STUCK_FOR_SECS}"),
+        ));
+    }
+    let filter = SagaFilter {
+        state: query.state,
+        kind: query.kind,
+        order_id: query.order_id,
+        customer_id: query.customer_id,
+        started_after: query.started_after,
+        started_before: query.started_before,
+        stuck_for: query.stuck_for.map(Duration::from_secs),
+    };
+    let sagas = state.orders.search_sagas(&filter, before, limit).await?;
+    Ok(Json(PageBody::from_page(sagas)))
 }
 
 /// A saga (the owner of its order, or the admin).

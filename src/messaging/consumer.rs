@@ -149,7 +149,7 @@ pub async fn consume<H: Handler>(
         &metrics.messages_retried,
         &metrics.messages_dead_lettered,
     ] {
-        family.get_or_create(&labels);
+        let _ = family.get_or_create(&labels);
     }
     let channel = connection.create_channel().await?;
     channel

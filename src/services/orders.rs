@@ -39,7 +39,7 @@ use crate::{
             checkout::{self, Placement},
             orders::{self, NewOrder},
             outbox, products,
-            sagas::{self, SagaRow},
+            sagas::{self, SagaFilter, SagaRow},
         },
     },
 };
@@ -340,6 +340,17 @@ impl Orders {
             Some(o) if viewer.is_none_or(|c| c == o.customer_id) => Ok(saga),
             _ => Err(ServiceError::NotFound("saga")),
         }
+    }
+
+    /// Sagas matching `filter`, newest first (the admin's search).
+    pub async fn search_sagas(
+        &self,
+        filter: &SagaFilter,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<SagaRow>, ServiceError> {
+        let rows = sagas::search(&self.stores.pg, filter, before, limit + 1).await?;
+        Ok(Page::from_overfetch(rows, limit, |s| s.id))
     }
 
     /// Keeps the count of pending orders that admission control reads, until shutdown.

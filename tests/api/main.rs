@@ -18,5 +18,6 @@ mod reconcile;
 mod reservations;
 mod retention;
 mod reviews;
+mod sagas;
 mod seed;
 mod stock;

@@ -106,6 +106,24 @@ async fn openapi_describes_every_route() {
         assert!(paths.contains_key(path), "missing {path}");
     }
     assert!(paths["/products/{id}"].get("patch").is_some());
+    // The saga search names its states and kinds.
+    let params = paths["/sagas"]["get"]["parameters"].as_array().unwrap();
+    let values =
+        |name: &str| params.iter().find(|p| p["name"] == name).unwrap()["schema"]["enum"].clone();
+    assert_eq!(
+        values("state"),
+        serde_json::json!([
+            "running",
+            "compensating",
+            "completed",
+            "compensated",
+            "failed"
+        ])
+    );
+    assert_eq!(
+        values("kind"),
+        serde_json::json!(["checkout", "cancellation"])
+    );
     let text = reply.body.to_string();
     let schemas = reply.body["components"]["schemas"].as_object().unwrap();
     for reference in text.split("#/components/schemas/").skip(1) {

@@ -108,7 +108,8 @@ pub async fn save_many(
         sagas.iter().map(|(_, s, _)| s.finished_at).collect();
     let done = sqlx::query(
         "UPDATE sagas s SET state = u.state, reason = u.reason, steps = u.steps, \
-                deadline_at = u.deadline, finished_at = u.finished, version = s.version + 1 \
+                deadline_at = u.deadline, finished_at = u.finished, version = s.version + 1, \
+                updated_at = now() \
            FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[], \
                        $6::timestamptz[], $7::timestamptz[]) \
                 AS u(id, seen, state, reason, steps, deadline, finished) \
@@ -213,6 +214,77 @@ pub async fn prune_log(pool: &PgPool, age: std::time::Duration) -> Result<u64, s
         age,
     )
     .await
+}
+
+/// What `GET /sagas` searches by; every filter given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct SagaFilter {
+    pub state: Option<SagaState>,
+    pub kind: Option<SagaKind>,
+    pub order_id: Option<Uuid>,
+    pub customer_id: Option<Uuid>,
+    pub started_after: Option<DateTime<Utc>>,
+    pub started_before: Option<DateTime<Utc>>,
+    /// Not ended, and unchanged for at least this long.
+    pub stuck_for: Option<std::time::Duration>,
+}
+
+/// The lowest v7 id of a millisecond: saga ids are v7, made when the saga starts, so a bound on
+/// `started_at` is also one on `id`, which lets the search walk the primary key's range.
+fn v7_floor(at: DateTime<Utc>) -> Uuid {
+    Uuid::from_u128(u128::from(at.timestamp_millis().max(0) as u64) << 80)
+}
+
+/// Sagas matching `filter`, newest first, after the cursor `before`. The statement names only
+/// the filters given, so each shape of search gets a plan that uses its index (an optional
+/// `($n IS NULL OR …)` condition would get a generic plan that uses none).
+pub async fn search(
+    pool: &PgPool,
+    filter: &SagaFilter,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<SagaRow>, sqlx::Error> {
+    // Ids are made a moment after `started_at`: a second's margin keeps the id bounds loose,
+    // and `started_at` itself decides.
+    let margin = chrono::Duration::seconds(1);
+    let mut q = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM sagas s WHERE true"));
+    if let Some(state) = filter.state {
+        q.push(" AND s.state = ").push_bind(state.as_str());
+        if !state.is_terminal() {
+            // Served by `sagas_in_flight`.
+            q.push(" AND s.finished_at IS NULL");
+        }
+    }
+    if let Some(kind) = filter.kind {
+        q.push(" AND s.kind = ").push_bind(kind.as_str());
+    }
+    if let Some(order_id) = filter.order_id {
+        q.push(" AND s.order_id = ").push_bind(order_id);
+    }
+    if let Some(customer_id) = filter.customer_id {
+        q.push(" AND s.order_id IN (SELECT id FROM orders WHERE customer_id = ")
+            .push_bind(customer_id)
+            .push(")");
+    }
+    if let Some(after) = filter.started_after {
+        q.push(" AND s.started_at > ").push_bind(after);
+        q.push(" AND s.id >= ").push_bind(v7_floor(after - margin));
+    }
+    if let Some(before) = filter.started_before {
+        q.push(" AND s.started_at < ").push_bind(before);
+        q.push(" AND s.id < ").push_bind(v7_floor(before + margin));
+    }
+    if let Some(stuck) = filter.stuck_for {
+        q.push(" AND s.finished_at IS NULL AND s.updated_at <= now() - make_interval(secs => ")
+            .push_bind(stuck.as_secs_f64())
+            .push(")");
+    }
+    if let Some(before) = before {
+        q.push(" AND s.id < ").push_bind(before);
+    }
+    q.push(" ORDER BY s.id DESC LIMIT ").push_bind(limit);
+    let raw: Vec<Raw> = q.build_query_as().fetch_all(pool).await?;
+    Ok(raw.into_iter().map(SagaRow::from).collect())
 }
 
 /// The sagas not yet ended, by kind and state: how many, and the oldest one's age in seconds.
