@@ -9,7 +9,10 @@ use crate::{
     config::Settings,
     domain::money::Currency,
     http::{self, AppState},
-    messaging::topology::Topology,
+    messaging::{
+        dead_letters::{Action, DeadLetter, DeadLetters},
+        topology::{Queue, Topology},
+    },
     metrics::Metrics,
     readiness::{Readiness, Store, when_set_up},
     roles::{self, Role, RoleContext},
@@ -128,6 +131,10 @@ impl Application {
             stores,
             readiness,
             topology: Topology::new(&settings.amqp_prefix),
+            dead_letters: DeadLetters::new(
+                &settings.amqp_url,
+                Topology::new(&settings.amqp_prefix),
+            ),
         };
         Ok(Self {
             listener,
@@ -332,6 +339,84 @@ pub async fn reconcile(settings: &Settings, check: bool) -> anyhow::Result<bool>
         report.drift.len()
     );
     Ok(report.drift.is_empty())
+}
+
+/// What `orderly dlq` was asked to do.
+pub enum Dlq {
+    List(Option<Queue>),
+    Show(String),
+    Replay(Which),
+    Purge(Which),
+}
+
+/// One dead letter by id, or every one (of a queue).
+pub enum Which {
+    One(String),
+    All(Option<Queue>),
+}
+
+/// `orderly dlq`: prints what it found or did; `false` when the dead letter named is not there.
+pub async fn dlq(settings: &Settings, command: Dlq) -> anyhow::Result<bool> {
+    let letters = DeadLetters::new(&settings.amqp_url, Topology::new(&settings.amqp_prefix));
+    let line = |l: &DeadLetter| {
+        format!(
+            "{}  {}  failures={}  last={}  {}",
+            l.id,
+            l.queue,
+            l.failures,
+            l.last_failed_at.as_deref().unwrap_or("-"),
+            l.reason.as_deref().unwrap_or("-")
+        )
+    };
+    let (action, which) = match command {
+        Dlq::List(queue) => {
+            let all = letters.list(queue).await?;
+            for letter in &all {
+                println!("{}", line(letter));
+            }
+            println!("{} dead letter(s)", all.len());
+            return Ok(true);
+        }
+        Dlq::Show(id) => {
+            return match letters.find(&id).await? {
+                Some(letter) => {
+                    println!("{}", serde_json::to_string_pretty(&letter)?);
+                    Ok(true)
+                }
+                None => {
+                    eprintln!("no dead letter {id}");
+                    Ok(false)
+                }
+            };
+        }
+        Dlq::Replay(which) => (Action::Replay, which),
+        Dlq::Purge(which) => (Action::Purge, which),
+    };
+    let verb = if action == Action::Replay {
+        "replayed"
+    } else {
+        "purged"
+    };
+    match which {
+        Which::One(id) => match letters.settle_one(&id, action).await? {
+            Some(letter) => {
+                println!("{verb} {}", line(&letter));
+                Ok(true)
+            }
+            None => {
+                eprintln!("no dead letter {id}");
+                Ok(false)
+            }
+        },
+        Which::All(queue) => {
+            let done = letters.settle_all(queue, action).await?;
+            for letter in &done {
+                println!("{verb} {}", line(letter));
+            }
+            println!("{verb} {} dead letter(s)", done.len());
+            Ok(true)
+        }
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

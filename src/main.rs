@@ -1,5 +1,11 @@
 use clap::{Parser, Subcommand};
-use orderly::{app, config::Settings, roles::Role, telemetry};
+use orderly::{
+    app::{self, Dlq, Which},
+    config::Settings,
+    messaging::topology::Queue,
+    roles::Role,
+    telemetry,
+};
 
 // The load test's profile put a fifth of orderly's CPU in the system allocator (many small,
 // short-lived buffers per message and request); mimalloc serves those from thread-local pages.
@@ -44,6 +50,57 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// The dead-letter queues: list, show, replay or purge what failed, with why.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Every dead letter (of one queue), with its failures and reason.
+    List {
+        #[arg(long, value_parser = queue)]
+        queue: Option<Queue>,
+    },
+    /// One dead letter, whole, as JSON.
+    Show { id: String },
+    /// Put a dead letter, or --all of them, back on its queue as first sent.
+    Replay {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this queue's.
+        #[arg(long, value_parser = queue, requires = "all")]
+        queue: Option<Queue>,
+    },
+    /// Drop a dead letter, or --all of them, for good (asks for --yes).
+    Purge {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this queue's.
+        #[arg(long, value_parser = queue, requires = "all")]
+        queue: Option<Queue>,
+        /// Yes, drop them: they cannot be brought back.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn queue(raw: &str) -> Result<Queue, String> {
+    Queue::parse(raw)
+        .ok_or_else(|| "expected inventory, payments, orchestrator or history".to_owned())
+}
+
+fn which(id: Option<String>, queue: Option<Queue>) -> Which {
+    match id {
+        Some(id) => Which::One(id),
+        None => Which::All(queue),
+    }
 }
 
 #[tokio::main]
@@ -57,6 +114,22 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker { roles } => app::work(settings, roles).await,
         Command::Migrate => app::migrate(&settings).await,
         Command::Seed => app::seed(&settings).await,
+        Command::Dlq { command } => {
+            let command = match command {
+                DlqCommand::List { queue } => Dlq::List(queue),
+                DlqCommand::Show { id } => Dlq::Show(id),
+                DlqCommand::Replay { id, queue, .. } => Dlq::Replay(which(id, queue)),
+                DlqCommand::Purge { yes: false, .. } => {
+                    eprintln!("purging drops messages for good: add --yes to go ahead");
+                    std::process::exit(2);
+                }
+                DlqCommand::Purge { id, queue, .. } => Dlq::Purge(which(id, queue)),
+            };
+            if !app::dlq(&settings, command).await? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Reconcile { check } => {
             if !app::reconcile(&settings, check).await? {
                 eprintln!(

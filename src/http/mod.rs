@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod customers;
+pub mod dead_letters;
 pub mod error;
 pub mod extract;
 pub mod openapi;
@@ -42,6 +43,7 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Queue names, for the dead letters.
     pub topology: crate::messaging::topology::Topology,
+    pub dead_letters: crate::messaging::dead_letters::DeadLetters,
 }
 
 pub fn router(state: AppState, body_limit: usize) -> Router {
@@ -80,6 +82,15 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/orders/{id}/cancel", post(orders::cancel_order))
         .route("/orders/{id}/history", get(orders::order_history))
         .route("/sagas", get(orders::search_sagas))
+        .route("/dead-letters", get(dead_letters::list_dead_letters))
+        .route(
+            "/dead-letters/{id}",
+            get(dead_letters::get_dead_letter).delete(dead_letters::purge_dead_letter),
+        )
+        .route(
+            "/dead-letters/{id}/replay",
+            post(dead_letters::replay_dead_letter),
+        )
         .route("/sagas/{id}", get(orders::get_saga))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

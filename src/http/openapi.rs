@@ -5,7 +5,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{customers, error, ops, orders, products, reviews};
+use super::{customers, dead_letters, error, ops, orders, products, reviews};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,8 @@ use super::{customers, error, ops, orders, products, reviews};
         reviews::create_review, reviews::list_reviews,
         orders::place_order, orders::get_order, orders::list_orders, orders::cancel_order,
         orders::order_history, orders::get_saga, orders::search_sagas,
+        dead_letters::list_dead_letters, dead_letters::get_dead_letter,
+        dead_letters::replay_dead_letter, dead_letters::purge_dead_letter,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     components(schemas(error::Problem, error::ProblemField)),

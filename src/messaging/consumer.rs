@@ -39,7 +39,13 @@ use crate::{
 /// [`super::topology::RETRY_DELAYS_MS`] about four minutes of retrying.
 pub const MAX_FAILURES: u32 = 10;
 
-const FAILURES_HEADER: &str = "x-orderly-failures";
+/// Headers the consumer adds to a message it retries or dead-letters: how often it failed,
+/// when first and last (RFC 3339), why (dead letters), and the queue it came from.
+pub const FAILURES_HEADER: &str = "x-orderly-failures";
+pub const FIRST_FAILURE_HEADER: &str = "x-orderly-first-failure";
+pub const LAST_FAILURE_HEADER: &str = "x-orderly-last-failure";
+pub const REASON_HEADER: &str = "x-orderly-reason";
+pub const QUEUE_HEADER: &str = "x-orderly-queue";
 
 #[derive(Debug, Error)]
 pub enum HandleError {
@@ -287,7 +293,7 @@ impl Context<'_> {
                     }
                     span.in_scope(|| tracing::warn!(%reason, failures, "will retry a message"));
                     let properties = with_header(
-                        delivery.properties.clone(),
+                        failed_now(delivery.properties.clone()),
                         FAILURES_HEADER,
                         AMQPValue::LongLongInt(i64::from(failures)),
                     );
@@ -315,13 +321,13 @@ impl Context<'_> {
     /// back rather than vanish.
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), ConsumeError> {
         let properties = with_header(
-            delivery.properties.clone(),
-            "x-orderly-reason",
+            failed_now(delivery.properties.clone()),
+            REASON_HEADER,
             AMQPValue::LongString(reason.into()),
         );
         let properties = with_header(
             properties,
-            "x-orderly-queue",
+            QUEUE_HEADER,
             AMQPValue::LongString(self.topology.queue(self.queue).into()),
         );
         self.publisher
@@ -352,6 +358,25 @@ fn failures(properties: &BasicProperties) -> u32 {
             _ => None,
         })
         .unwrap_or(0)
+}
+
+/// Stamps a failure's time: the first one is kept, the last one moves.
+fn failed_now(properties: BasicProperties) -> BasicProperties {
+    let now = AMQPValue::LongString(
+        chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            .into(),
+    );
+    let first_known = properties
+        .headers()
+        .as_ref()
+        .is_some_and(|h| h.inner().contains_key(FIRST_FAILURE_HEADER));
+    let properties = if first_known {
+        properties
+    } else {
+        with_header(properties, FIRST_FAILURE_HEADER, now.clone())
+    };
+    with_header(properties, LAST_FAILURE_HEADER, now)
 }
 
 fn with_header(properties: BasicProperties, name: &str, value: AMQPValue) -> BasicProperties {

@@ -2,6 +2,7 @@
 //! loop (dedupe aside, which the Postgres-writing roles do in their own transactions).
 
 pub mod consumer;
+pub mod dead_letters;
 pub mod envelope;
 pub mod publisher;
 pub mod sends;

@@ -46,6 +46,10 @@ impl Queue {
         Self::History,
     ];
 
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|q| q.as_str() == raw)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Inventory => "inventory",

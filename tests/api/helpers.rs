@@ -270,6 +270,31 @@ impl TestApp {
         self.send(Method::POST, path, token, Some(body)).await
     }
 
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {
+        self.send(Method::DELETE, path, token, None).await
+    }
+
+    /// Runs `orderly ARGS` against this app's stores and waits for it to exit.
+    pub async fn orderly(&self, args: &[&str]) -> std::process::Output {
+        let s = &self.settings;
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_orderly"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ORDERLY_ADMIN_TOKEN", &self.admin_token)
+            .env("ORDERLY_DATABASE_URL", &s.database_url)
+            .env("ORDERLY_REDIS_URL", &s.redis_url)
+            .env("ORDERLY_REDIS_PREFIX", &s.redis_prefix)
+            .env("ORDERLY_MONGODB_URL", &s.mongodb_url)
+            .env("ORDERLY_MONGODB_DATABASE", &s.mongodb_database)
+            .env("ORDERLY_AMQP_URL", &s.amqp_url)
+            .env("ORDERLY_AMQP_PREFIX", &s.amqp_prefix)
+            .env("ORDERLY_LOG", "warn")
+            .output()
+            .await
+            .expect("orderly runs")
+    }
+
     pub async fn patch(&self, path: &str, if_match: &str, body: &Value) -> Reply {
         self.raw(
             Method::PATCH,
