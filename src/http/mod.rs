@@ -51,7 +51,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi));
+        .route("/openapi.json", get(ops::openapi))
+        .route("/dashboard", get(ops::dashboard));
     Router::new()
         .route("/customers", post(customers::create_customer))
         .route("/customers/{id}", get(customers::get_customer))

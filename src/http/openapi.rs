@@ -19,7 +19,7 @@ use super::{customers, dead_letters, error, ops, orders, products, reviews};
         orders::order_history, orders::get_saga, orders::search_sagas,
         dead_letters::list_dead_letters, dead_letters::get_dead_letter,
         dead_letters::replay_dead_letter, dead_letters::purge_dead_letter,
-        ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+        ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::dashboard,
     ),
     components(schemas(error::Problem, error::ProblemField)),
     modifiers(&BearerAuth),

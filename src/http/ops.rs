@@ -153,6 +153,28 @@ async fn refresh_store_gauges(state: &AppState) {
     }
 }
 
+/// The operators' dashboard: one page, compiled into the binary, that asks for the admin token
+/// once and then reads the API (metrics every second, saga search and timelines, dead letters).
+#[utoipa::path(get, path = "/dashboard", tag = "operations",
+    responses((status = 200, content_type = "text/html", description = "the page")))]
+pub async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // The page is one file: its script and styles are inline, and it talks only to
+            // this origin.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+            ),
+        ],
+        include_str!("dashboard.html"),
+    )
+}
+
 /// This API's OpenAPI 3.1 description, generated from the handlers and types.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200)))]
 pub async fn openapi() -> impl IntoResponse {

@@ -6,6 +6,7 @@ mod bad_input;
 mod cancels;
 mod chaos;
 mod customers;
+mod dashboard;
 mod dead_letters;
 mod helpers;
 mod loadtest;
