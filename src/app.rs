@@ -308,9 +308,12 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 /// `orderly seed`: prints the demo credentials as `KEY=value` lines for scripts.
 pub async fn seed(settings: &Settings) -> anyhow::Result<()> {
     let stores = connect(settings, settings.pg_max_connections).await?;
-    let demo = seed::run(&stores, &settings.currency).await?;
+    let metrics = Arc::new(Metrics::default());
+    let policy = role_context(&stores, settings, &metrics).policy();
+    let demo = seed::run(&stores, &settings.currency, policy).await?;
     println!("ORDERLY_DEMO_CUSTOMER_ID={}", demo.customer_id);
     println!("ORDERLY_DEMO_CUSTOMER_TOKEN={}", demo.customer_token);
+    println!("ORDERLY_DEMO_ORDER_ID={}", demo.order_id);
     Ok(())
 }
 

@@ -2,15 +2,19 @@
 //! customer with a funded wallet. Idempotent: products are matched by SKU, the customer by
 //! email, reviews by (product, customer); a second run only issues the demo customer a new token.
 
+use std::sync::Arc;
+
 use prometheus_client::metrics::counter::Counter;
 use uuid::Uuid;
 
 use crate::{
-    domain::product::Sku,
+    domain::{order::OrderLine, product::Sku, saga::Policy},
+    metrics::Metrics,
     services::{
         ServiceError, Stores,
         catalog::{Catalog, NewProductInput},
         customers::Customers,
+        orders::Orders,
         ratings::Ratings,
         reviews::Reviews,
     },
@@ -19,6 +23,8 @@ use crate::{
 
 pub const DEMO_EMAIL: &str = "demo@orderly.dev";
 pub const DEMO_BALANCE_MINOR: i64 = 10_000_000;
+/// The demo customer's one order, placed under this idempotency key: every run finds the same.
+pub const DEMO_ORDER_KEY: &str = "demo-order";
 
 struct DemoProduct {
     sku: &'static str,
@@ -65,9 +71,15 @@ const PRODUCTS: [DemoProduct; 3] = [
 pub struct DemoCredentials {
     pub customer_id: Uuid,
     pub customer_token: String,
+    /// One "Baju HMIF" for the demo customer: its saga runs once the worker roles do.
+    pub order_id: Uuid,
 }
 
-pub async fn run(stores: &Stores, currency: &str) -> Result<DemoCredentials, ServiceError> {
+pub async fn run(
+    stores: &Stores,
+    currency: &str,
+    policy: Policy,
+) -> Result<DemoCredentials, ServiceError> {
     // A one-off command: nothing scrapes its metrics.
     let ratings = Ratings::new(stores.clone(), Counter::default());
     let catalog = Catalog::new(stores.clone(), currency.to_owned(), ratings.clone());
@@ -90,6 +102,7 @@ pub async fn run(stores: &Stores, currency: &str) -> Result<DemoCredentials, Ser
         }
     };
 
+    let mut first_product = None;
     for demo in &PRODUCTS {
         let product_id = match products::find_live_by_sku(&stores.pg, demo.sku).await? {
             Some(row) => row.id,
@@ -105,6 +118,7 @@ pub async fn run(stores: &Stores, currency: &str) -> Result<DemoCredentials, Ser
                 catalog.create(input).await?.row.id
             }
         };
+        first_product.get_or_insert(product_id);
         if let Some((rating, comment)) = demo.review
             && !stores.docs.has_review_by(product_id, customer_id).await?
         {
@@ -113,8 +127,24 @@ pub async fn run(stores: &Stores, currency: &str) -> Result<DemoCredentials, Ser
                 .await?;
         }
     }
+    let orders = Orders::new(
+        stores.clone(),
+        currency.to_owned(),
+        policy,
+        Arc::new(Metrics::default()),
+        0,
+        0,
+    );
+    let demo_line = [OrderLine::new(
+        first_product.expect("the demo catalog is not empty"),
+        1,
+    )];
+    let (order, _) = orders
+        .checkout(customer_id, DEMO_ORDER_KEY, &demo_line)
+        .await?;
     Ok(DemoCredentials {
         customer_id,
         customer_token,
+        order_id: order.order.id,
     })
 }

@@ -5,9 +5,17 @@ use crate::helpers::spawn_app;
 #[tokio::test]
 async fn the_demo_seed_is_idempotent() {
     let app = spawn_app().await;
-    let first = seed::run(&app.stores, "IDR").await.unwrap();
-    let second = seed::run(&app.stores, "IDR").await.unwrap();
+    let policy = app.role_context().policy();
+    let first = seed::run(&app.stores, "IDR", policy).await.unwrap();
+    let second = seed::run(&app.stores, "IDR", policy).await.unwrap();
     assert_eq!(first.customer_id, second.customer_id);
+    // One demo order, however often the seed runs; its saga runs like any other.
+    assert_eq!(first.order_id, second.order_id);
+    let order = app.settled_order(&first.order_id.to_string()).await;
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(order["customer_id"], first.customer_id.to_string());
+    let orders = app.get("/orders", app.admin()).await;
+    assert_eq!(orders.body["items"].as_array().unwrap().len(), 1);
     // Each run issues a fresh demo token; only the newest works.
     app.get(
         &format!("/customers/{}", first.customer_id),
@@ -21,7 +29,7 @@ async fn the_demo_seed_is_idempotent() {
             Some(&second.customer_token),
         )
         .await;
-    assert_eq!(me.body["balance_minor"], seed::DEMO_BALANCE_MINOR);
+    assert_eq!(me.body["balance_minor"], seed::DEMO_BALANCE_MINOR - 135_000);
 
     let page = app.get("/products", None).await;
     let items = page.body["items"].as_array().unwrap();
@@ -30,7 +38,7 @@ async fn the_demo_seed_is_idempotent() {
 
     let baju = by_name("Baju HMIF");
     assert_eq!(baju["price_minor"], 135_000);
-    assert_eq!(baju["stock"], 15);
+    assert_eq!(baju["stock"], 14, "the demo order holds one");
     assert_eq!(baju["category"], "Baju");
     assert_eq!(
         baju["description"],
