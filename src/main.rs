@@ -68,39 +68,43 @@ enum DlqCommand {
     Show { id: String },
     /// Put a dead letter, or --all of them, back on its queue as first sent.
     Replay {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        id: Option<String>,
-        #[arg(long)]
-        all: bool,
-        /// With --all: only this queue's.
-        #[arg(long, value_parser = queue, requires = "all")]
-        queue: Option<Queue>,
+        #[command(flatten)]
+        target: Target,
     },
     /// Drop a dead letter, or --all of them, for good (asks for --yes).
     Purge {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        id: Option<String>,
-        #[arg(long)]
-        all: bool,
-        /// With --all: only this queue's.
-        #[arg(long, value_parser = queue, requires = "all")]
-        queue: Option<Queue>,
+        #[command(flatten)]
+        target: Target,
         /// Yes, drop them: they cannot be brought back.
         #[arg(long)]
         yes: bool,
     },
 }
 
+/// One dead letter by id, or `--all` (of one `--queue`).
+#[derive(clap::Args)]
+struct Target {
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    id: Option<String>,
+    #[arg(long)]
+    all: bool,
+    /// With --all: only this queue's.
+    #[arg(long, value_parser = queue, requires = "all")]
+    queue: Option<Queue>,
+}
+
+impl Target {
+    fn which(self) -> Which {
+        match self.id {
+            Some(id) => Which::One(id),
+            None => Which::All(self.queue),
+        }
+    }
+}
+
 fn queue(raw: &str) -> Result<Queue, String> {
     Queue::parse(raw)
         .ok_or_else(|| "expected inventory, payments, orchestrator or history".to_owned())
-}
-
-fn which(id: Option<String>, queue: Option<Queue>) -> Which {
-    match id {
-        Some(id) => Which::One(id),
-        None => Which::All(queue),
-    }
 }
 
 #[tokio::main]
@@ -118,12 +122,12 @@ async fn main() -> anyhow::Result<()> {
             let command = match command {
                 DlqCommand::List { queue } => Dlq::List(queue),
                 DlqCommand::Show { id } => Dlq::Show(id),
-                DlqCommand::Replay { id, queue, .. } => Dlq::Replay(which(id, queue)),
+                DlqCommand::Replay { target } => Dlq::Replay(target.which()),
                 DlqCommand::Purge { yes: false, .. } => {
                     eprintln!("purging drops messages for good: add --yes to go ahead");
                     std::process::exit(2);
                 }
-                DlqCommand::Purge { id, queue, .. } => Dlq::Purge(which(id, queue)),
+                DlqCommand::Purge { target, .. } => Dlq::Purge(target.which()),
             };
             if !app::dlq(&settings, command).await? {
                 std::process::exit(1);
