@@ -270,6 +270,25 @@ async fn orderly_dlq_lists_replays_and_purges_from_the_command_line() {
     }
     assert_eq!(app.balance(customer).await, 7_500);
 
+    // The poisoned message, replayed, fails again and comes back.
+    let poison = dead_letters(&app, "payments", 1).await.remove(0);
+    let poison_id = poison["id"].as_str().unwrap().to_owned();
+    let replayed = dlq(&["replay", &poison_id]).await;
+    assert!(replayed.status.success(), "{replayed:?}");
+    let mut back = Vec::new();
+    for _ in 0..100 {
+        back = dead_letters(&app, "payments", 1).await;
+        if back[0]["last_failed_at"] != poison["last_failed_at"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(back[0]["id"], poison_id.as_str());
+    assert_ne!(
+        back[0]["last_failed_at"], poison["last_failed_at"],
+        "{back:?}"
+    );
+
     // Purging asks for --yes, and without it drops nothing.
     let refused = dlq(&["purge", "--all", "--queue", "payments"]).await;
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
