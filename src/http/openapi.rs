@@ -101,8 +101,12 @@ mod tests {
     /// After changing an endpoint: `ORDERLY_BLESS=1 cargo test --lib endpoint_table` rewrites it.
     #[test]
     fn docs_api_md_carries_the_endpoint_table() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md");
-        let doc = std::fs::read_to_string(path).unwrap();
+        // Read where cargo runs the test, not where it was compiled: a test binary built in
+        // another checkout of the same sources is reused, with that checkout's path in it.
+        let root = std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+        let path = format!("{root}/docs/api.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
         let (start, end) = ("<!-- endpoints:start -->\n", "<!-- endpoints:end -->");
         let from = doc
             .find(start)
@@ -113,7 +117,7 @@ mod tests {
             .expect("docs/api.md has an endpoints:end marker");
         let table = endpoint_table(&ApiDoc::openapi());
         if std::env::var_os("ORDERLY_BLESS").is_some() {
-            std::fs::write(path, format!("{}{table}{}", &doc[..from], &doc[to..])).unwrap();
+            std::fs::write(&path, format!("{}{table}{}", &doc[..from], &doc[to..])).unwrap();
             return;
         }
         assert_eq!(

@@ -63,7 +63,7 @@ async fn an_operator_finds_an_order_reads_its_timeline_and_replays_a_dead_letter
     }
     let poison = poison.expect("the poisoned message reached the dead letters");
 
-    let root = env!("CARGO_MANIFEST_DIR");
+    let root = crate::helpers::repository_root();
     assert!(
         std::path::Path::new(&format!("{root}/tests/e2e/node_modules/playwright-core")).exists(),
         "playwright-core is missing: scripts/test installs it (npm ci in tests/e2e), and Chromium"
@@ -72,7 +72,7 @@ async fn an_operator_finds_an_order_reads_its_timeline_and_replays_a_dead_letter
     let screenshots = format!("{target}/e2e/dashboard");
     let run = tokio::process::Command::new("node")
         .arg("tests/e2e/dashboard.mjs")
-        .current_dir(root)
+        .current_dir(&root)
         .env("ORDERLY_URL", format!("http://{}", app.addr))
         .env("ORDERLY_ADMIN_TOKEN", &app.admin_token)
         .env("ORDER_ID", &order)

@@ -606,6 +606,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The repository's root where cargo runs the tests. Not `env!`: a test binary built in another
+/// checkout of the same sources is reused by cargo, with that checkout's path compiled in.
+pub fn repository_root() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+}
+
 /// A `/metrics` answer says what its body is: OpenMetrics text, which ends in `# EOF`.
 pub fn assert_openmetrics(response: &reqwest::Response) {
     let content_type = response

@@ -184,8 +184,8 @@ async fn alert_rules_and_the_dashboard_name_only_metrics_orderly_serves() {
         "deploy/prometheus/orderly-alerts.yml",
         "deploy/grafana/orderly.json",
     ] {
-        let body =
-            std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let body = std::fs::read_to_string(format!("{}/{file}", crate::helpers::repository_root()))
+            .unwrap();
         let mut named = 0;
         for (at, _) in body.match_indices("orderly_") {
             let name: String = body[at..]
