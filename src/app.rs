@@ -114,6 +114,7 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let policy = role_context(&stores, &settings, &metrics).policy();
         let ratings = Ratings::new(stores.clone(), metrics.rating_aggregations.clone());
+        let topology = Topology::new(&settings.amqp_prefix);
         let state = AppState {
             catalog: Catalog::new(stores.clone(), settings.currency.clone(), ratings.clone()),
             customers: Customers::new(stores.clone(), settings.currency.clone()),
@@ -130,11 +131,8 @@ impl Application {
             admin_token: Arc::from(settings.admin_token.as_str()),
             stores,
             readiness,
-            topology: Topology::new(&settings.amqp_prefix),
-            dead_letters: DeadLetters::new(
-                &settings.amqp_url,
-                Topology::new(&settings.amqp_prefix),
-            ),
+            dead_letters: DeadLetters::new(&settings.amqp_url, topology.clone()),
+            topology,
         };
         Ok(Self {
             listener,

@@ -13,7 +13,7 @@ use super::{
     AppState,
     auth::Admin,
     error::{ApiError, Problems},
-    extract::Query,
+    extract::{Query, string_enum},
     page::PageBody,
 };
 use crate::{
@@ -32,14 +32,11 @@ pub struct DeadLettersQuery {
 }
 
 fn queues() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(Queue::ALL.map(Queue::as_str)))
-        .build()
+    string_enum(Queue::ALL.map(Queue::as_str))
 }
 
 /// `?queue=`, checked.
-pub fn queue(raw: Option<&str>) -> Result<Option<Queue>, ApiError> {
+fn queue(raw: Option<&str>) -> Result<Option<Queue>, ApiError> {
     raw.map(|q| {
         Queue::parse(q).ok_or_else(|| {
             ApiError::bad_field(

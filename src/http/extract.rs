@@ -133,6 +133,14 @@ impl utoipa::IntoParams for Id {
     }
 }
 
+/// The OpenAPI schema of a query parameter that takes one of `values`.
+pub fn string_enum<const N: usize>(values: [&str; N]) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(values))
+        .build()
+}
+
 /// Query parameters, rejecting unknown types with `400 validation_failed`.
 pub struct Query<T>(pub T);
 

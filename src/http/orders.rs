@@ -17,7 +17,7 @@ use super::{
     AppState,
     auth::{Admin, Caller, CustomerCaller},
     error::{ApiError, Problems},
-    extract::{Id, JsonBody, Query, RequiredIdempotencyKey, etag, validated},
+    extract::{Id, JsonBody, Query, RequiredIdempotencyKey, etag, string_enum, validated},
     page::{self, PageBody},
 };
 use crate::{
@@ -372,18 +372,11 @@ pub struct SearchSagasQuery {
 }
 
 fn saga_states() -> utoipa::openapi::Object {
-    enum_schema(SagaState::ALL.map(SagaState::as_str))
+    string_enum(SagaState::ALL.map(SagaState::as_str))
 }
 
 fn saga_kinds() -> utoipa::openapi::Object {
-    enum_schema(SagaKind::ALL.map(SagaKind::as_str))
-}
-
-fn enum_schema<const N: usize>(values: [&str; N]) -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(values))
-        .build()
+    string_enum(SagaKind::ALL.map(SagaKind::as_str))
 }
 
 /// Sagas, newest first, with every filter given holding (admin): what is stuck, what failed,

@@ -1,13 +1,8 @@
 //! `/dashboard` in a real browser: Debian's Chromium driven by playwright-core
 //! (`tests/e2e/dashboard.mjs`), both installed by `scripts/test`.
 
-use std::time::Duration;
-
-use lapin::{BasicProperties, options::BasicPublishOptions};
-use orderly::messaging::{
-    self,
-    topology::{Queue, Topology},
-};
+use lapin::BasicProperties;
+use orderly::messaging::topology::{Queue, Topology};
 use reqwest::StatusCode;
 
 use crate::helpers::spawn_app;
@@ -35,33 +30,16 @@ async fn an_operator_finds_an_order_reads_its_timeline_and_replays_a_dead_letter
 
     // A poisoned message, dead-lettered by the payments consumer.
     let topology = Topology::new(&app.settings.amqp_prefix);
-    let connection = messaging::connect(&app.settings.amqp_url, "test")
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .basic_publish(
-            "",
-            &topology.queue(Queue::Payments),
-            BasicPublishOptions::default(),
-            b"{\"poisoned\": true}",
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
+    app.publish(
+        &topology.queue(Queue::Payments),
+        b"{\"poisoned\": true}",
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await;
+    let poison = app.dead_letters_when("payments", 1).await[0]["id"]
+        .as_str()
         .unwrap()
-        .await
-        .unwrap();
-    let _ = connection.close(200, "done").await;
-    let mut poison = None;
-    for _ in 0..100 {
-        let dead = app.get("/dead-letters?queue=payments", app.admin()).await;
-        if let Some(letter) = dead.body["items"].as_array().unwrap().first() {
-            poison = Some(letter["id"].as_str().unwrap().to_owned());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let poison = poison.expect("the poisoned message reached the dead letters");
+        .to_owned();
 
     let root = crate::helpers::repository_root();
     assert!(

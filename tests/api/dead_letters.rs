@@ -5,11 +5,9 @@ use std::time::Duration;
 
 use lapin::{
     BasicProperties,
-    options::BasicPublishOptions,
     types::{AMQPValue, FieldTable},
 };
 use orderly::messaging::{
-    self,
     envelope::{Envelope, PaymentCommand},
     topology::{Queue, Topology},
 };
@@ -17,43 +15,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, spawn_app};
-
-const POISON: &str = "{\"not\": \"an envelope\"}";
-
-async fn publish(app: &TestApp, queue: &str, body: &[u8], properties: BasicProperties) {
-    let topology = Topology::new(&app.settings.amqp_prefix);
-    let connection = messaging::connect(&app.settings.amqp_url, "test")
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    topology.declare(&channel).await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
-    channel
-        .basic_publish("", queue, BasicPublishOptions::default(), body, properties)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let _ = connection.close(200, "done").await;
-}
-
-/// The dead letters of `queue`, once there are `count` of them (waiting up to ten seconds).
-async fn dead_letters(app: &TestApp, queue: &str, count: usize) -> Vec<Value> {
-    let mut items = Vec::new();
-    for _ in 0..100 {
-        let reply = app
-            .get(&format!("/dead-letters?queue={queue}"), app.admin())
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-        items = reply.body["items"].as_array().unwrap().clone();
-        if items.len() == count {
-            return items;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{queue}: wanted {count} dead letters, found {items:?}");
-}
+use crate::helpers::{POISON, spawn_app};
 
 /// A charge given up on after its failures, as the payments consumer leaves it: in the
 /// dead-letter queue with its reason, failure count and times.
@@ -97,14 +59,13 @@ async fn dead_letters_are_listed_replayed_once_in_effect_and_purged_over_http() 
     let (customer, token) = app.create_customer(10_000).await;
 
     // A message nobody can read, dead-lettered by the payments consumer itself.
-    publish(
-        &app,
+    app.publish(
         &topology.queue(Queue::Payments),
         POISON.as_bytes(),
         BasicProperties::default().with_delivery_mode(2),
     )
     .await;
-    let poison = dead_letters(&app, "payments", 1).await.remove(0);
+    let poison = app.dead_letters_when("payments", 1).await.remove(0);
     let poison_id = poison["id"].as_str().unwrap().to_owned();
     assert!(poison_id.starts_with("sha256-"), "{poison}");
     assert_eq!(poison["queue"], "payments");
@@ -121,8 +82,7 @@ async fn dead_letters_are_listed_replayed_once_in_effect_and_purged_over_http() 
     // A charge given up on while Postgres was down.
     let (charge, properties) = given_up_charge(customer, 1_000);
     let body = serde_json::to_vec(&charge).unwrap();
-    publish(
-        &app,
+    app.publish(
         &topology.dead_letter_queue(Queue::Payments),
         &body,
         properties.clone(),
@@ -135,7 +95,7 @@ async fn dead_letters_are_listed_replayed_once_in_effect_and_purged_over_http() 
     assert_eq!(shown.body["failures"], 10);
     assert_eq!(shown.body["first_failed_at"], "2026-12-05T10:00:00.000Z");
     assert_eq!(shown.body["message"]["amount_minor"], 1_000);
-    assert_eq!(dead_letters(&app, "payments", 2).await.len(), 2);
+    assert_eq!(app.dead_letters_when("payments", 2).await.len(), 2);
 
     // Replayed: back on its queue, the wallet is charged; the dead letter is gone.
     let replayed = app
@@ -160,8 +120,7 @@ async fn dead_letters_are_listed_replayed_once_in_effect_and_purged_over_http() 
         StatusCode::NOT_FOUND
     );
     // The same message dead-lettered and replayed again changes nothing again.
-    publish(
-        &app,
+    app.publish(
         &topology.dead_letter_queue(Queue::Payments),
         &body,
         properties,
@@ -187,7 +146,7 @@ async fn dead_letters_are_listed_replayed_once_in_effect_and_purged_over_http() 
         )
         .await;
     assert_eq!(replayed.status, StatusCode::OK, "{}", replayed.body);
-    let back = dead_letters(&app, "payments", 1).await.remove(0);
+    let back = app.dead_letters_when("payments", 1).await.remove(0);
     assert_eq!(back["id"], poison_id.as_str());
     // A replay starts over: what failing added to the message went with its dead letter.
     assert_eq!(back["failures"], 0, "{back}");
@@ -204,7 +163,7 @@ async fn dead_letters_are_listed_replayed_once_in_effect_and_purged_over_http() 
         .delete(&format!("/dead-letters/{poison_id}"), app.admin())
         .await;
     assert_eq!(purged.status, StatusCode::NO_CONTENT);
-    assert!(dead_letters(&app, "payments", 0).await.is_empty());
+    assert!(app.dead_letters_when("payments", 0).await.is_empty());
     assert_eq!(
         app.delete(&format!("/dead-letters/{poison_id}"), app.admin())
             .await
@@ -228,21 +187,19 @@ async fn orderly_dlq_lists_replays_and_purges_from_the_command_line() {
     let topology = Topology::new(&app.settings.amqp_prefix);
     let (customer, _) = app.create_customer(10_000).await;
     let (charge, properties) = given_up_charge(customer, 2_500);
-    publish(
-        &app,
+    app.publish(
         &topology.dead_letter_queue(Queue::Payments),
         &serde_json::to_vec(&charge).unwrap(),
         properties,
     )
     .await;
-    publish(
-        &app,
+    app.publish(
         &topology.queue(Queue::Payments),
         POISON.as_bytes(),
         BasicProperties::default().with_delivery_mode(2),
     )
     .await;
-    dead_letters(&app, "payments", 2).await;
+    app.dead_letters_when("payments", 2).await;
     let id = charge.message_id.to_string();
 
     let dlq = async |args: &[&str]| app.orderly(&[&["dlq"], args].concat()).await;
@@ -271,13 +228,13 @@ async fn orderly_dlq_lists_replays_and_purges_from_the_command_line() {
     assert_eq!(app.balance(customer).await, 7_500);
 
     // The poisoned message, replayed, fails again and comes back.
-    let poison = dead_letters(&app, "payments", 1).await.remove(0);
+    let poison = app.dead_letters_when("payments", 1).await.remove(0);
     let poison_id = poison["id"].as_str().unwrap().to_owned();
     let replayed = dlq(&["replay", &poison_id]).await;
     assert!(replayed.status.success(), "{replayed:?}");
     let mut back = Vec::new();
     for _ in 0..100 {
-        back = dead_letters(&app, "payments", 1).await;
+        back = app.dead_letters_when("payments", 1).await;
         if back[0]["last_failed_at"] != poison["last_failed_at"] {
             break;
         }
@@ -292,12 +249,12 @@ async fn orderly_dlq_lists_replays_and_purges_from_the_command_line() {
     // Purging asks for --yes, and without it drops nothing.
     let refused = dlq(&["purge", "--all", "--queue", "payments"]).await;
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
-    assert_eq!(dead_letters(&app, "payments", 1).await.len(), 1);
+    assert_eq!(app.dead_letters_when("payments", 1).await.len(), 1);
     let purged = dlq(&["purge", "--all", "--queue", "payments", "--yes"]).await;
     assert!(purged.status.success(), "{purged:?}");
     assert!(
         String::from_utf8_lossy(&purged.stdout).contains("purged 1 dead letter(s)"),
         "{purged:?}"
     );
-    assert!(dead_letters(&app, "payments", 0).await.is_empty());
+    assert!(app.dead_letters_when("payments", 0).await.is_empty());
 }

@@ -20,6 +20,9 @@ use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
+/// A body no role can decode, written as Postgres's `jsonb` prints it back.
+pub const POISON: &str = "{\"not\": \"an envelope\"}";
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub admin_token: String,
@@ -272,6 +275,55 @@ impl TestApp {
 
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {
         self.send(Method::DELETE, path, token, None).await
+    }
+
+    /// A channel on the app's broker, with its topology declared already: the app declares it
+    /// only as its consumers start.
+    pub async fn broker(&self) -> (lapin::Connection, lapin::Channel, Topology) {
+        let topology = Topology::new(&self.settings.amqp_prefix);
+        let connection = orderly::messaging::connect(&self.settings.amqp_url, "test")
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        topology.declare(&channel).await.unwrap();
+        (connection, channel, topology)
+    }
+
+    /// Publishes `body` straight to `queue`, confirmed.
+    pub async fn publish(&self, queue: &str, body: &[u8], properties: lapin::BasicProperties) {
+        let (connection, channel, _) = self.broker().await;
+        channel.confirm_select(Default::default()).await.unwrap();
+        channel
+            .basic_publish(
+                "",
+                queue,
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let _ = connection.close(200, "done").await;
+    }
+
+    /// The dead letters of `queue` through the API, once there are `count` of them (waiting up
+    /// to ten seconds).
+    pub async fn dead_letters_when(&self, queue: &str, count: usize) -> Vec<Value> {
+        let mut items = Vec::new();
+        for _ in 0..100 {
+            let reply = self
+                .get(&format!("/dead-letters?queue={queue}"), self.admin())
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            items = reply.body["items"].as_array().unwrap().clone();
+            if items.len() == count {
+                return items;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{queue}: wanted {count} dead letters, found {items:?}");
     }
 
     /// Runs `orderly ARGS` against this app's stores and waits for it to exit.

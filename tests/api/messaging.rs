@@ -19,7 +19,7 @@ use orderly::{
 };
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with_roles};
+use crate::helpers::{POISON, TestApp, spawn_app, spawn_app_with_roles};
 
 async fn publisher(app: &TestApp) -> (lapin::Connection, Publisher) {
     let connection = messaging::connect(&app.settings.amqp_url, "test")
@@ -185,21 +185,6 @@ async fn consumed(app: &TestApp) -> std::collections::HashMap<String, u64> {
         .collect()
 }
 
-/// A body no role can decode, written as Postgres's `jsonb` prints it back.
-const POISON: &str = "{\"not\": \"an envelope\"}";
-
-/// A channel on the app's broker, with its topology declared already: the app declares it only
-/// as its consumers start.
-async fn broker(app: &TestApp) -> (lapin::Connection, lapin::Channel, Topology) {
-    let topology = Topology::new(&app.settings.amqp_prefix);
-    let connection = messaging::connect(&app.settings.amqp_url, "test")
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    topology.declare(&channel).await.unwrap();
-    (connection, channel, topology)
-}
-
 /// The first message in `queue`'s dead-letter queue, waiting up to five seconds for one.
 async fn dead_letter(
     channel: &lapin::Channel,
@@ -242,7 +227,7 @@ async fn assert_poison_dead_lettered(channel: &lapin::Channel, topology: &Topolo
 #[tokio::test]
 async fn an_outbox_row_the_relay_cannot_decode_moves_on_and_holds_nothing_back() {
     let app = spawn_app().await;
-    let (connection, channel, topology) = broker(&app).await;
+    let (connection, channel, topology) = app.broker().await;
     // Ahead of every message the order below writes, as a row from another version would be.
     sqlx::query(
         "INSERT INTO outbox (message_id, exchange, routing_key, body) \
@@ -267,7 +252,7 @@ async fn an_outbox_row_the_relay_cannot_decode_moves_on_and_holds_nothing_back()
 #[tokio::test]
 async fn a_message_nobody_can_process_is_dead_lettered_with_its_reason() {
     let app = spawn_app().await;
-    let (connection, channel, topology) = broker(&app).await;
+    let (connection, channel, topology) = app.broker().await;
     channel
         .basic_publish(
             "",
@@ -334,7 +319,7 @@ async fn a_retried_message_returns_to_its_queue_when_its_delay_runs_out() {
         .filter(|r| *r != Role::Payments)
         .collect();
     let app = spawn_app_with_roles(&[], &roles).await;
-    let (connection, channel, topology) = broker(&app).await;
+    let (connection, channel, topology) = app.broker().await;
     channel
         .basic_publish(
             "",
@@ -371,7 +356,7 @@ async fn a_poison_message_inside_a_batch_is_dead_lettered_alone() {
     let app = spawn_app_with_roles(&[("ORDERLY_BATCH_LINGER_MS", "500")], &[Role::Payments]).await;
     let (first, _) = app.create_customer(10_000).await;
     let (second, _) = app.create_customer(10_000).await;
-    let (connection, channel, topology) = broker(&app).await;
+    let (connection, channel, topology) = app.broker().await;
     let charge = |customer, amount| {
         Envelope::new(
             Uuid::now_v7(),
