@@ -169,3 +169,53 @@ url_host_port() {
     printf '%s %s\n' "$hostport" "$default_port"
   fi
 }
+
+# --- prerequisites -------------------------------------------------------------
+# Checked before any work, so a missing or old tool is one line saying what to
+# do instead of an error deep inside a build.
+
+# version_at_least FOUND WANTED: true when dotted version FOUND >= WANTED.
+version_at_least() {
+  [[ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" == "$2" ]]
+}
+
+# The oldest Rust that builds orderly: Cargo.toml's rust-version (edition 2024
+# and let chains, stable since 1.88). Read from there so the two never disagree.
+rust_version_wanted() {
+  sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml
+}
+
+# require_rust [COMPONENT...]: cargo and rustc at least rust-version, and each
+# named cargo subcommand (fmt, clippy) installed.
+require_rust() {
+  local wanted found component
+  wanted="$(rust_version_wanted)"
+  command -v cargo >/dev/null && command -v rustc >/dev/null ||
+    die "orderly needs Rust $wanted or later (cargo and rustc), and neither is on PATH: install it with rustup (\`rustup toolchain install stable\`)"
+  found="$(rustc --version | awk '{ print $2 }')"
+  version_at_least "${found%%-*}" "$wanted" ||
+    die "orderly needs Rust $wanted or later (Cargo.toml's rust-version) and rustc is $found: run \`rustup update stable\`"
+  for component in "$@"; do
+    cargo "$component" --version >/dev/null 2>&1 ||
+      die "cargo $component is missing: run \`rustup component add ${component/fmt/rustfmt}\`"
+  done
+}
+
+# The oldest kubectl whose built-in kustomize (v5) renders deploy/k8s's
+# components; Debian's kubernetes-client (1.20) is older.
+KUBECTL_WANTED=1.27
+
+# kubectl_problem: prints what is wrong with this machine's kubectl for
+# scripts/check-deploy, or nothing when it will do.
+kubectl_problem() {
+  local found
+  if ! command -v kubectl >/dev/null; then
+    echo "scripts/check-deploy needs kubectl $KUBECTL_WANTED or later (for \`kubectl kustomize\`), and none is on PATH: install a current kubectl (Debian's kubernetes-client is too old)"
+    return
+  fi
+  found="$(kubectl version --client -o json 2>/dev/null |
+    python3 -c 'import json,sys; v=json.load(sys.stdin)["clientVersion"]; print(v["major"] + "." + v["minor"].rstrip("+"))' 2>/dev/null || true)"
+  if [[ -z "$found" ]] || ! version_at_least "$found" "$KUBECTL_WANTED"; then
+    echo "scripts/check-deploy needs kubectl $KUBECTL_WANTED or later (for kustomize v5), and $(command -v kubectl) is ${found:-of an unknown version}: install a current kubectl ahead of it on PATH"
+  fi
+}

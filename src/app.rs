@@ -10,6 +10,7 @@ use crate::{
     domain::money::Currency,
     http::{self, AppState},
     messaging::{
+        Amqp,
         dead_letters::{Action, DeadLetter, DeadLetters},
         topology::{Queue, Topology},
     },
@@ -23,7 +24,7 @@ use crate::{
     },
     store::{
         broker::Broker, documents::CatalogDocuments, postgres, ratings::RatingCache,
-        stock::StockCounters,
+        stock::StockCounters, tls,
     },
 };
 
@@ -31,9 +32,19 @@ use crate::{
 /// contacted yet; [`Readiness`] sets them up. Fails only on settings that cannot work.
 pub async fn open(settings: &Settings, pg_pool: u32) -> anyhow::Result<Stores> {
     Currency::parse(&settings.currency).context("ORDERLY_CURRENCY")?;
+    tls::install_crypto_provider();
+    if let Some(ca) = &settings.database_ca_file {
+        // sqlx reads it at each connect; read now so a wrong path stops the start, not a query.
+        tls::read_ca_file("ORDERLY_DATABASE_CA_FILE", ca)?;
+    }
     let pg = postgres::pool(settings, pg_pool).context("ORDERLY_DATABASE_URL")?;
-    let stock = StockCounters::open(&settings.redis_url, &settings.redis_prefix)
-        .context("ORDERLY_REDIS_URL")?;
+    let redis_ca = ca_pem(settings.redis_ca_file.as_deref(), "ORDERLY_REDIS_CA_FILE")?;
+    let stock = StockCounters::open(
+        &settings.redis_url,
+        &settings.redis_prefix,
+        redis_ca.as_deref(),
+    )
+    .context("ORDERLY_REDIS_URL")?;
     let docs = CatalogDocuments::connect(&settings.mongodb_url, &settings.mongodb_database)
         .await
         .context("ORDERLY_MONGODB_URL")?;
@@ -42,8 +53,18 @@ pub async fn open(settings: &Settings, pg_pool: u32) -> anyhow::Result<Stores> {
         ratings: RatingCache::new(stock.connection(), &settings.redis_prefix),
         stock,
         docs,
-        broker: Arc::new(Broker::new(&settings.amqp_url)),
+        broker: Arc::new(Broker::new(amqp(settings)?)),
     })
+}
+
+/// Where RabbitMQ is, with the CA file the settings name.
+fn amqp(settings: &Settings) -> anyhow::Result<Amqp> {
+    let ca = ca_pem(settings.amqp_ca_file.as_deref(), "ORDERLY_AMQP_CA_FILE")?;
+    Ok(Amqp::new(&settings.amqp_url, ca))
+}
+
+fn ca_pem(path: Option<&std::path::Path>, setting: &'static str) -> anyhow::Result<Option<String>> {
+    Ok(path.map(|p| tls::read_ca_file(setting, p)).transpose()?)
 }
 
 /// Postgres, Redis and MongoDB, set up now (migrations, indexes), for one-shot commands and
@@ -73,6 +94,13 @@ async fn open_and_try(
     let stores = open(settings, pg_pool).await?;
     let readiness = Readiness::default();
     for (store, e) in readiness.try_set_up(&stores, settings, which).await {
+        // A certificate refused now is refused on every retry: stop, naming the store.
+        if tls::certificate_rejected(&e) {
+            return Err(anyhow::Error::new(e).context(format!(
+                "{}: TLS: the server's certificate is not trusted (check its URL's host and the CA file setting)",
+                store.as_str()
+            )));
+        }
         tracing::warn!(store = store.as_str(), error = %e, "store not available at start; starting without it and retrying");
     }
     Ok((stores, readiness))
@@ -115,6 +143,7 @@ impl Application {
         let policy = role_context(&stores, &settings, &metrics).policy();
         let ratings = Ratings::new(stores.clone(), metrics.rating_aggregations.clone());
         let topology = Topology::new(&settings.amqp_prefix);
+        let dead_letters = DeadLetters::new(stores.broker.amqp().clone(), topology.clone());
         let state = AppState {
             catalog: Catalog::new(stores.clone(), settings.currency.clone(), ratings.clone()),
             customers: Customers::new(stores.clone(), settings.currency.clone()),
@@ -131,7 +160,7 @@ impl Application {
             admin_token: Arc::from(settings.admin_token.as_str()),
             stores,
             readiness,
-            dead_letters: DeadLetters::new(&settings.amqp_url, topology.clone()),
+            dead_letters,
             topology,
         };
         Ok(Self {
@@ -260,10 +289,18 @@ pub async fn work(settings: Settings, roles: Vec<Role>) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "serving worker metrics and readiness");
+        // Ready when the stores its roles need answer; RabbitMQ, which every role uses but
+        // reconnects to on its own, is reported beside them.
+        let mut reported = needed.clone();
+        if !reported.contains(&Store::Rabbitmq) {
+            reported.push(Store::Rabbitmq);
+        }
         let probe = http::ops::Probe {
             stores: stores.clone(),
             readiness: readiness.clone(),
-            which: needed,
+            required: needed,
+            reported,
+            metrics: Some(metrics.clone()),
         };
         let router = http::ops::worker_router(metrics.clone(), probe);
         let mut stopped = stop_rx;
@@ -296,7 +333,7 @@ pub async fn serve(settings: Settings, roles: Vec<Role>) -> anyhow::Result<()> {
 
 /// `orderly migrate`.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    postgres::migrate(&settings.database_url)
+    postgres::migrate(settings)
         .await
         .context("migrating Postgres")?;
     println!("migrations applied");
@@ -358,7 +395,7 @@ pub enum Which {
 
 /// `orderly dlq`: prints what it found or did; `false` when the dead letter named is not there.
 pub async fn dlq(settings: &Settings, command: Dlq) -> anyhow::Result<bool> {
-    let letters = DeadLetters::new(&settings.amqp_url, Topology::new(&settings.amqp_prefix));
+    let letters = DeadLetters::new(amqp(settings)?, Topology::new(&settings.amqp_prefix));
     let line = |l: &DeadLetter| {
         format!(
             "{}  {}  failures={}  last={}  {}",

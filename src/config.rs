@@ -3,7 +3,7 @@
 //! Nothing else in the crate reads the environment, so tests build a [`Settings`] by hand and
 //! every store location they use is visible in one place.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use thiserror::Error;
 
@@ -22,15 +22,22 @@ const PUBLISHED_TOKENS: [&str; 2] = [DEV_ADMIN_TOKEN, "change-me-before-producti
 pub struct Settings {
     pub http_addr: SocketAddr,
     pub database_url: String,
+    /// CA certificates (PEM) that sign Postgres's certificate, when not a public CA; used with
+    /// `sslmode=verify-ca|verify-full` in the URL.
+    pub database_ca_file: Option<PathBuf>,
     pub pg_max_connections: u32,
     /// The worker roles' pool: `orderly worker`'s only pool, and `orderly run`'s second one.
     pub worker_pg_max_connections: u32,
     pub redis_url: String,
+    /// CA certificates (PEM) for a `rediss://` URL, when not a public CA.
+    pub redis_ca_file: Option<PathBuf>,
     /// Prefix of every Redis key orderly touches; tests give each app its own.
     pub redis_prefix: String,
     pub mongodb_url: String,
     pub mongodb_database: String,
     pub amqp_url: String,
+    /// CA certificates (PEM) for an `amqps://` URL, when not a public CA.
+    pub amqp_ca_file: Option<PathBuf>,
     /// Prefix of every exchange and queue name; tests give each app its own.
     pub amqp_prefix: String,
     /// Messages each consumer may hold unacked at once: the batch in hand and the next.
@@ -149,6 +156,7 @@ impl Settings {
                 "ORDERLY_DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/orderly",
             ),
+            database_ca_file: path(vars, "ORDERLY_DATABASE_CA_FILE"),
             pg_max_connections,
             worker_pg_max_connections: parse(
                 vars,
@@ -156,10 +164,12 @@ impl Settings {
                 default_worker_pool(),
             )?,
             redis_url: get("ORDERLY_REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_ca_file: path(vars, "ORDERLY_REDIS_CA_FILE"),
             redis_prefix: get("ORDERLY_REDIS_PREFIX", "orderly:"),
             mongodb_url: get("ORDERLY_MONGODB_URL", "mongodb://127.0.0.1:27017"),
             mongodb_database: get("ORDERLY_MONGODB_DATABASE", "orderly"),
             amqp_url: get("ORDERLY_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            amqp_ca_file: path(vars, "ORDERLY_AMQP_CA_FILE"),
             amqp_prefix: get("ORDERLY_AMQP_PREFIX", "orderly"),
             prefetch: parse(vars, "ORDERLY_PREFETCH", 256)?,
             batching: Batching {
@@ -232,6 +242,11 @@ where
             reason: e.to_string(),
         }),
     }
+}
+
+/// A file named by `name`, when set and not empty.
+fn path(vars: &HashMap<String, String>, name: &str) -> Option<PathBuf> {
+    vars.get(name).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// Hides the password part of `scheme://user:password@host`.

@@ -45,6 +45,11 @@ pub struct SagaStateLabels {
     pub state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub store: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -72,6 +77,8 @@ pub struct Metrics {
     pub saga_oldest_in_flight: Family<SagaStateLabels, Gauge<f64, AtomicU64>>,
     /// Messages waiting in each dead-letter queue, read from RabbitMQ at scrape time.
     pub dead_letters: Family<QueueLabels, Gauge>,
+    /// 1 when a store answered this process's last readiness check, else 0.
+    pub store_up: Family<StoreLabels, Gauge>,
     pub messages_consumed: Family<QueueLabels, Counter>,
     pub messages_redelivered: Family<QueueLabels, Counter>,
     pub messages_retried: Family<QueueLabels, Counter>,
@@ -187,6 +194,12 @@ impl Default for Metrics {
             "Messages waiting in a dead-letter queue, by the queue they came from",
             dead_letters.clone(),
         );
+        let store_up = Family::<StoreLabels, Gauge>::default();
+        registry.register(
+            "store_up",
+            "Whether a store answered this process's last readiness check (1) or not (0)",
+            store_up.clone(),
+        );
         let messages = |registry: &mut Registry, name: &str, help: &str| {
             let family = Family::<QueueLabels, Counter>::default();
             registry.register(name, help, family.clone());
@@ -230,6 +243,7 @@ impl Default for Metrics {
             sagas_in_flight,
             saga_oldest_in_flight,
             dead_letters,
+            store_up,
             messages_consumed,
             messages_redelivered,
             messages_retried,

@@ -171,7 +171,7 @@ async fn set_up(store: Store, stores: &Stores, settings: &Settings) -> Result<()
     match store {
         // Not bounded here: a migration may rightly take long, and cutting one short would only
         // start it over (`migrate` bounds reaching Postgres itself).
-        Store::Postgres => Ok(postgres::migrate(&settings.database_url)
+        Store::Postgres => Ok(postgres::migrate(settings)
             .await
             .map_err(StoreError::from)?),
         Store::Redis => bounded(stores.stock.ping()).await,

@@ -15,7 +15,7 @@ use super::AppState;
 use crate::{
     domain::saga::{SagaKind, SagaState},
     messaging::topology::Queue,
-    metrics::{Metrics, QueueLabels, SagaStateLabels},
+    metrics::{Metrics, QueueLabels, SagaStateLabels, StoreLabels},
     readiness::{Readiness, Store},
     services::Stores,
     store::{StoreError, postgres},
@@ -32,39 +32,73 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// 200 when every store answers, else 503; the body names each store's state.
+/// 200 when Postgres answers and is migrated, else 503; the body names every store's state.
+///
+/// Only Postgres decides: checkout, the orders and the outbox live there, so with Postgres up
+/// the API takes orders through a RabbitMQ, Redis or MongoDB outage (the outbox holds what the
+/// broker cannot take yet; the endpoints that need another store answer `503` themselves). A
+/// stricter probe would take every API pod out of its Service at the first broker blip.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = BTreeMap<String, String>), (status = 503, body = BTreeMap<String, String>)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    api_probe(&state).report().await
+}
+
+/// The API's readiness: Postgres required, every store reported.
+fn api_probe(state: &AppState) -> Probe {
     Probe {
         stores: state.stores.clone(),
         readiness: state.readiness.clone(),
-        which: Store::ALL.to_vec(),
+        required: vec![Store::Postgres],
+        reported: Store::ALL.to_vec(),
+        metrics: Some(state.metrics.clone()),
     }
-    .report()
-    .await
 }
 
-/// What a process's `/readyz` looks at: the stores it uses.
+/// What a process's `/readyz` looks at.
 #[derive(Clone)]
 pub struct Probe {
     pub stores: Stores,
     pub readiness: Readiness,
-    pub which: Vec<Store>,
+    /// The stores without which the process cannot do its work: ready only when all answer.
+    pub required: Vec<Store>,
+    /// The stores named in the body (a superset of `required`).
+    pub reported: Vec<Store>,
+    /// Where each report sets `orderly_store_up`.
+    pub metrics: Option<std::sync::Arc<Metrics>>,
 }
 
 impl Probe {
-    /// Each store's state, checked at the same time; 503 unless all are "ok".
-    async fn report(&self) -> (StatusCode, Json<BTreeMap<&'static str, String>>) {
-        let states = futures::future::join_all(self.which.iter().map(|&s| self.state(s))).await;
-        let report: BTreeMap<&str, String> =
-            self.which.iter().map(|s| s.as_str()).zip(states).collect();
-        let status = if report.values().all(|s| s == "ok") {
+    /// Each reported store's state, checked at the same time; 503 unless the required are "ok".
+    pub async fn report(&self) -> (StatusCode, Json<BTreeMap<&'static str, String>>) {
+        let report = self.check().await;
+        let ready = self.required.iter().all(|s| report[s.as_str()] == "ok");
+        let status = if ready {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
         (status, Json(report))
+    }
+
+    /// Each reported store's state by name, also set as `orderly_store_up`.
+    pub async fn check(&self) -> BTreeMap<&'static str, String> {
+        let states = futures::future::join_all(self.reported.iter().map(|&s| self.state(s))).await;
+        let report: BTreeMap<&str, String> = self
+            .reported
+            .iter()
+            .map(|s| s.as_str())
+            .zip(states)
+            .collect();
+        if let Some(metrics) = &self.metrics {
+            for (store, state) in &report {
+                metrics
+                    .store_up
+                    .get_or_create(&StoreLabels { store })
+                    .set(i64::from(state == "ok"));
+            }
+        }
+        report
     }
 
     /// "ok", or "down: <why>" in words of our own: a driver's text names hosts and topology.
@@ -93,7 +127,8 @@ impl Probe {
 /// Prometheus metrics, as OpenMetrics text.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    refresh_store_gauges(&state).await;
+    let probe = api_probe(&state);
+    tokio::join!(refresh_store_gauges(&state), probe.check());
     (
         [(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)],
         state.metrics.render(),
@@ -184,6 +219,7 @@ pub async fn openapi() -> impl IntoResponse {
 /// The little HTTP surface of `orderly worker`: its own metrics, liveness, and the readiness of
 /// the stores its roles use.
 pub fn worker_router(metrics: std::sync::Arc<Metrics>, probe: Probe) -> axum::Router {
+    let probe_for_metrics = probe.clone();
     axum::Router::new()
         .route(
             "/readyz",
@@ -194,11 +230,16 @@ pub fn worker_router(metrics: std::sync::Arc<Metrics>, probe: Probe) -> axum::Ro
         )
         .route(
             "/metrics",
-            axum::routing::get(move || async move {
-                (
-                    [(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)],
-                    metrics.render(),
-                )
+            axum::routing::get(move || {
+                let probe = probe_for_metrics.clone();
+                let metrics = metrics.clone();
+                async move {
+                    probe.check().await;
+                    (
+                        [(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)],
+                        metrics.render(),
+                    )
+                }
             }),
         )
         .route("/healthz", axum::routing::get(healthz))

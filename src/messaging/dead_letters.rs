@@ -99,16 +99,13 @@ pub enum Action {
 /// The dead-letter queues of one topology.
 #[derive(Clone)]
 pub struct DeadLetters {
-    amqp_url: String,
+    amqp: super::Amqp,
     topology: Topology,
 }
 
 impl DeadLetters {
-    pub fn new(amqp_url: &str, topology: Topology) -> Self {
-        Self {
-            amqp_url: amqp_url.to_owned(),
-            topology,
-        }
+    pub fn new(amqp: super::Amqp, topology: Topology) -> Self {
+        Self { amqp, topology }
     }
 
     /// The dead letters of `queue` (or of every queue), oldest first per queue.
@@ -170,7 +167,7 @@ impl DeadLetters {
         queue: Option<Queue>,
         mut decide: impl FnMut(&DeadLetter) -> Action,
     ) -> Result<Vec<(DeadLetter, Action)>, StoreError> {
-        let connection = super::connect(&self.amqp_url, "orderly-dead-letters").await?;
+        let connection = self.amqp.connect("orderly-dead-letters").await?;
         let outcome = async {
             let channel = connection.create_channel().await?;
             // The queues may not exist yet when no worker ever ran.

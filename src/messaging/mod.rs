@@ -8,23 +8,50 @@ pub mod publisher;
 pub mod sends;
 pub mod topology;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties, tcp::OwnedTLSConfig};
 use rand::RngCore;
 
-/// Opens a connection, giving up after a few seconds so callers can back off and retry.
+/// Where RabbitMQ is, and for `amqps://` the CA that signs its certificate when it is not a
+/// public one. Cheap to clone.
+#[derive(Clone)]
+pub struct Amqp {
+    url: Arc<str>,
+    ca_pem: Option<Arc<str>>,
+}
+
+impl Amqp {
+    pub fn new(url: &str, ca_pem: Option<String>) -> Self {
+        Self {
+            url: url.into(),
+            ca_pem: ca_pem.map(Into::into),
+        }
+    }
+
+    /// Opens a connection named `name` (as RabbitMQ lists it), giving up after a few seconds so
+    /// callers can back off and retry.
+    pub async fn connect(&self, name: &str) -> Result<Connection, lapin::Error> {
+        // tokio's executor for lapin's tasks; lapin keeps its own (async-io) reactor for the
+        // socket, whose IO thread outlives the tokio runtime at exit, where tokio's would log
+        // errors after a clean shutdown.
+        let properties = ConnectionProperties::default()
+            .with_connection_name(name.into())
+            .with_executor(tokio_executor_trait::Tokio::current());
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.ca_pem.as_deref().map(str::to_owned),
+        };
+        let connect = Connection::connect_with_config(&self.url, properties, tls);
+        tokio::time::timeout(Duration::from_secs(5), connect)
+            .await
+            .map_err(|_| lapin::Error::IOError(Arc::new(std::io::ErrorKind::TimedOut.into())))?
+    }
+}
+
+/// Opens a connection to `url` trusting the public CAs only (tools and tests).
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
-    // lapin's own (async-io) reactor rather than tokio's: its IO thread outlives the tokio
-    // runtime at exit, and on tokio's reactor it then logs errors after a clean shutdown.
-    let properties = ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .with_executor(tokio_executor_trait::Tokio::current());
-    tokio::time::timeout(Duration::from_secs(5), Connection::connect(url, properties))
-        .await
-        .map_err(|_| {
-            lapin::Error::IOError(std::sync::Arc::new(std::io::ErrorKind::TimedOut.into()))
-        })?
+    Amqp::new(url, None).connect(name).await
 }
 
 /// A W3C trace context for a new trace (`00-<trace id>-<span id>-01`).

@@ -24,7 +24,6 @@ use crate::{
     config::Settings,
     domain::saga::Policy,
     messaging::{
-        self,
         consumer::{self, Handler},
         topology::{Queue, Topology},
     },
@@ -209,7 +208,7 @@ async fn consume_forever<H: Handler>(
     while !*shutdown.borrow() {
         let started = Instant::now();
         let outcome = async {
-            let connection = messaging::connect(&context.settings.amqp_url, &name).await?;
+            let connection = context.stores.broker.amqp().connect(&name).await?;
             let channel = connection.create_channel().await?;
             context.topology.declare(&channel).await?;
             let _ = channel.close(200, "declared").await;

@@ -20,7 +20,6 @@ use tokio::sync::watch;
 
 use crate::{
     messaging::{
-        self,
         envelope::{Exchange, Outbound},
         publisher::{InFlight, Outgoing, PublishError, Publisher},
     },
@@ -56,7 +55,12 @@ pub async fn run(context: RoleContext, shutdown: watch::Receiver<bool>) {
 }
 
 async fn relay(context: &RoleContext, shutdown: &watch::Receiver<bool>) -> Result<(), RelayError> {
-    let connection = messaging::connect(&context.settings.amqp_url, "orderly-relay").await?;
+    let connection = context
+        .stores
+        .broker
+        .amqp()
+        .connect("orderly-relay")
+        .await?;
     let channel = connection.create_channel().await?;
     context.topology.declare(&channel).await?;
     let _ = channel.close(200, "declared").await;

@@ -1,23 +1,28 @@
 //! RabbitMQ, as the API and `/readyz` see it: whether the broker answers. The roles open
 //! connections of their own (see [`crate::messaging`]).
 
-use std::time::Duration;
-
-use lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable};
+use lapin::{Connection, options::QueueDeclareOptions, types::FieldTable};
 use tokio::sync::Mutex;
 
+use crate::messaging::Amqp;
+
 pub struct Broker {
-    url: String,
+    amqp: Amqp,
     connection: Mutex<Option<Connection>>,
 }
 
 impl Broker {
     /// Does not connect yet: the API must start (and say "not ready") while RabbitMQ is down.
-    pub fn new(url: &str) -> Self {
+    pub fn new(amqp: Amqp) -> Self {
         Self {
-            url: url.to_owned(),
+            amqp,
             connection: Mutex::new(None),
         }
+    }
+
+    /// Where RabbitMQ is: the roles open connections of their own there.
+    pub fn amqp(&self) -> &Amqp {
+        &self.amqp
     }
 
     /// Succeeds when a connection is open, opening a new one if the last was lost.
@@ -26,19 +31,7 @@ impl Broker {
         if slot.as_ref().is_some_and(|c| c.status().connected()) {
             return Ok(());
         }
-        // lapin's own (async-io) reactor rather than tokio's: its IO thread outlives the tokio
-        // runtime at exit, and on tokio's reactor it then logs errors after a clean shutdown.
-        let properties = ConnectionProperties::default()
-            .with_connection_name("orderly".into())
-            .with_executor(tokio_executor_trait::Tokio::current());
-        let connect = Connection::connect(&self.url, properties);
-        let connection = match tokio::time::timeout(Duration::from_secs(3), connect).await {
-            Ok(connected) => connected?,
-            Err(_) => Err(lapin::Error::IOError(std::sync::Arc::new(
-                std::io::ErrorKind::TimedOut.into(),
-            )))?,
-        };
-        *slot = Some(connection);
+        *slot = Some(self.amqp.connect("orderly").await?);
         Ok(())
     }
 

@@ -7,6 +7,7 @@ pub mod history;
 pub mod postgres;
 pub mod ratings;
 pub mod stock;
+pub mod tls;
 
 use thiserror::Error;
 

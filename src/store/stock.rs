@@ -100,9 +100,19 @@ pub struct StockCounters {
 
 impl StockCounters {
     /// Handles on Redis that connect on first use, not now: a process must start while Redis
-    /// is down (see [`crate::readiness`]).
-    pub fn open(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
+    /// is down (see [`crate::readiness`]). With `ca_pem`, a `rediss://` server's certificate
+    /// must be signed by one of its certificates instead of a public CA.
+    pub fn open(url: &str, prefix: &str, ca_pem: Option<&str>) -> Result<Self, StoreError> {
+        let client = match ca_pem {
+            None => redis::Client::open(url)?,
+            Some(ca) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.as_bytes().to_vec()),
+                },
+            )?,
+        };
         let redis = ConnectionManager::new_lazy_with_config(
             client,
             redis::aio::ConnectionManagerConfig::new(),
@@ -115,7 +125,7 @@ impl StockCounters {
 
     /// Handles on Redis, once it has answered.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let counters = Self::open(url, prefix)?;
+        let counters = Self::open(url, prefix, None)?;
         counters.ping().await?;
         Ok(counters)
     }

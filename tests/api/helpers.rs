@@ -582,12 +582,9 @@ impl Drop for Isolation {
             mongodb_database: s.mongodb_database.clone(),
             amqp_prefix: s.amqp_prefix.clone(),
         };
-        let urls = StoreUrls {
-            postgres: StoreUrls::from_env().postgres,
-            redis: s.redis_url.clone(),
-            mongodb: s.mongodb_url.clone(),
-            amqp: s.amqp_url.clone(),
-        };
+        // The machine's stores, not the URLs the app was given: a test may have pointed it at a
+        // proxy or a TLS server of its own that is gone by now; the names are what it used.
+        let urls = StoreUrls::from_env();
         // Drop cannot await; clean up on a runtime of our own, on a thread of our own (the
         // app's clients belong to the test's runtime).
         let cleanup = std::thread::spawn(move || {

@@ -23,3 +23,4 @@ mod reviews;
 mod sagas;
 mod seed;
 mod stock;
+mod tls;

@@ -19,11 +19,13 @@ async fn readyz_names_every_store() {
 }
 
 #[tokio::test]
-async fn readyz_is_503_and_says_which_store_is_down() {
-    // Nothing listens on port 1: RabbitMQ is "down" for this app only.
+async fn an_api_whose_broker_is_down_stays_ready_takes_orders_and_says_what_is_down() {
+    // Nothing listens on port 1: RabbitMQ is "down" for this app only. Checkout needs only
+    // Postgres (the outbox keeps each command until the broker is back), so the API must stay
+    // in its Service and say what is down in the body and the metrics.
     let app = spawn_app_with(&[("ORDERLY_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")]).await;
     let reply = app.get("/readyz", None).await;
-    assert_eq!(reply.status, 503);
+    assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body["postgres"], "ok");
     assert!(
         reply.body["rabbitmq"]
@@ -37,6 +39,38 @@ async fn readyz_is_503_and_says_which_store_is_down() {
         !reply.body.to_string().contains("guest:guest"),
         "no credentials in the body"
     );
+    let text = app.metrics().await;
+    assert!(
+        text.contains(r#"orderly_store_up{store="rabbitmq"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"orderly_store_up{store="postgres"} 1"#),
+        "{text}"
+    );
+
+    let product = app.create_product(10_000, 5).await;
+    let (_, token) = app.create_customer(100_000).await;
+    let placed = app
+        .place_order(&token, "broker-down", &[(product, 1)])
+        .await;
+    assert_eq!(placed.status, 202, "{}", placed.body);
+}
+
+#[tokio::test]
+async fn an_api_whose_postgres_is_gone_is_not_ready() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/readyz", None).await.status, 200);
+    app.stores.pg.close().await;
+    let reply = app.get("/readyz", None).await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(
+        reply.body["postgres"]
+            .as_str()
+            .unwrap()
+            .starts_with("down: ")
+    );
+    assert_eq!(reply.body["redis"], "ok");
 }
 
 #[tokio::test]

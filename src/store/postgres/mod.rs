@@ -13,8 +13,7 @@ pub mod stock_ledger;
 use std::time::Duration;
 
 use sqlx::{
-    Connection, PgConnection, PgPool,
-    migrate::MigrateDatabase,
+    ConnectOptions, Connection, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -26,7 +25,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// A pool of up to `size` connections. Connects on first use, not now: a process must start
 /// while Postgres is down (see [`crate::readiness`]).
 pub fn pool(settings: &Settings, size: u32) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = settings.database_url.parse()?;
+    let options = connect_options(settings)?;
     Ok(PgPoolOptions::new()
         .max_connections(size.max(1))
         .acquire_timeout(Duration::from_secs(5))
@@ -37,6 +36,15 @@ pub fn pool(settings: &Settings, size: u32) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(options.application_name("orderly")))
 }
 
+/// Where Postgres is and how to reach it: the URL (with its `sslmode`) and the CA file setting.
+pub fn connect_options(settings: &Settings) -> Result<PgConnectOptions, sqlx::Error> {
+    let options: PgConnectOptions = settings.database_url.parse()?;
+    Ok(match &settings.database_ca_file {
+        Some(ca) => options.ssl_root_cert(ca),
+        None => options,
+    })
+}
+
 /// Creates the database when missing, then applies every pending migration.
 ///
 /// On a connection of its own, not the pool's: sqlx holds a session advisory lock while it
@@ -45,18 +53,16 @@ pub fn pool(settings: &Settings, size: u32) -> Result<PgPool, sqlx::Error> {
 /// failure and cancellation included, and its lock with it. Only reaching Postgres is bounded
 /// in time; a long migration (an index on a big table) is left to finish, while waiting for
 /// another process's lock gives up after `lock_timeout` and is retried.
-pub async fn migrate(database_url: &str) -> Result<(), sqlx::Error> {
+pub async fn migrate(settings: &Settings) -> Result<(), sqlx::Error> {
+    let options = connect_options(settings)?;
     let connect = async {
-        if !sqlx::Postgres::database_exists(database_url).await? {
-            // Two processes may race here on a fresh machine; the loser's "already exists" is
-            // fine.
-            if let Err(e) = sqlx::Postgres::create_database(database_url).await
-                && !sqlx::Postgres::database_exists(database_url).await?
-            {
-                return Err(e);
+        match options.connect().await {
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+                create_database(&options).await?;
+                options.connect().await
             }
+            connected => connected,
         }
-        PgConnection::connect(database_url).await
     };
     let mut conn = tokio::time::timeout(Duration::from_secs(10), connect)
         .await
@@ -71,6 +77,21 @@ pub async fn migrate(database_url: &str) -> Result<(), sqlx::Error> {
     .await;
     let _ = conn.close().await;
     migrated
+}
+
+/// Creates `options`' database from the server's maintenance database, over the same TLS
+/// settings (sqlx's URL-only helper would drop the CA file). Two processes may race here on a
+/// fresh machine; the loser's "already exists" is fine.
+async fn create_database(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
+    let name = options.get_database().unwrap_or("postgres");
+    let mut admin = options.clone().database("postgres").connect().await?;
+    let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    let created = sqlx::query(&create).execute(&mut admin).await;
+    let _ = admin.close().await;
+    match created {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+        other => other.map(drop),
+    }
 }
 
 /// Rows a retention deletes per statement: small enough that no delete holds locks or builds a
