@@ -8,8 +8,10 @@
 //! - [`roles`]: the worker roles (relay, orchestrator, inventory, payments, history).
 //! - [`readiness`]: which stores a process can use yet, and setting them up in the background.
 //! - [`app`]: wiring, background tasks and graceful shutdown.
+//! - [`cli`]: the command line the binary parses.
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;

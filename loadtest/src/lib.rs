@@ -2,11 +2,12 @@
 //! processes on their own namespace in real stores, followed by a verification of every invariant
 //! in `design.md`, a report in Markdown and JSON, and a chart.
 //!
-//! `orderly-loadtest run checkout` is the whole thing; `README.md` (section Performance) has
-//! the commands and the latest numbers.
+//! `orderly-loadtest run checkout` is the whole thing; docs/performance.md has the commands and
+//! the latest numbers.
 
 pub mod baseline;
 pub mod chaos;
+pub mod cli;
 pub mod client;
 pub mod cpu;
 pub mod driver;

@@ -55,14 +55,14 @@ pub fn connect_options(settings: &Settings) -> Result<PgConnectOptions, sqlx::Er
 /// another process's lock gives up after `lock_timeout` and is retried.
 pub async fn migrate(settings: &Settings) -> Result<(), sqlx::Error> {
     let options = connect_options(settings)?;
+    // The database is created first when missing, from the maintenance database. Not by
+    // connecting and reading the error: PgBouncer reports a missing database as its own error and
+    // then holds further logins to it back for a while. A managed service may keep orderly's
+    // user out of the maintenance database; then the database must exist already, and the
+    // connection below says so if it does not.
     let connect = async {
-        match options.connect().await {
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
-                create_database(&options).await?;
-                options.connect().await
-            }
-            connected => connected,
-        }
+        let _ = create_database(&options).await;
+        options.connect().await
     };
     let mut conn = tokio::time::timeout(Duration::from_secs(10), connect)
         .await
@@ -79,19 +79,33 @@ pub async fn migrate(settings: &Settings) -> Result<(), sqlx::Error> {
     migrated
 }
 
-/// Creates `options`' database from the server's maintenance database, over the same TLS
-/// settings (sqlx's URL-only helper would drop the CA file). Two processes may race here on a
-/// fresh machine; the loser's "already exists" is fine.
-async fn create_database(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
+/// Creates `options`' database unless it exists; `true` when it had to. Asked of the server's
+/// maintenance database, over the same TLS settings (sqlx's URL-only helper would drop the CA
+/// file). Two processes may race here on a fresh machine; the loser's "already exists" is fine.
+async fn create_database(options: &PgConnectOptions) -> Result<bool, sqlx::Error> {
     let name = options.get_database().unwrap_or("postgres");
     let mut admin = options.clone().database("postgres").connect().await?;
-    let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-    let created = sqlx::query(&create).execute(&mut admin).await;
-    let _ = admin.close().await;
-    match created {
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
-        other => other.map(drop),
+    let created = async {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(name)
+                .fetch_one(&mut admin)
+                .await?;
+        if exists {
+            return Ok(false);
+        }
+        let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(&create).execute(&mut admin).await {
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() != Some("42P04") => {
+                Err(sqlx::Error::Database(e))
+            }
+            Err(e) if !matches!(e, sqlx::Error::Database(_)) => Err(e),
+            _ => Ok(true),
+        }
     }
+    .await;
+    let _ = admin.close().await;
+    created
 }
 
 /// Rows a retention deletes per statement: small enough that no delete holds locks or builds a
