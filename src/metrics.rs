@@ -50,6 +50,17 @@ pub struct StoreLabels {
     pub store: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DutyLabels {
+    pub duty: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayPassLabels {
+    /// `rows` when the pass found rows to publish, `empty` when it found none.
+    pub found: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -79,6 +90,16 @@ pub struct Metrics {
     pub dead_letters: Family<QueueLabels, Gauge>,
     /// 1 when a store answered this process's last readiness check, else 0.
     pub store_up: Family<StoreLabels, Gauge>,
+    /// 1 while this process holds a duty's lease (runs it for the cluster), else 0.
+    pub lease_held: Family<DutyLabels, Gauge>,
+    /// Times this process took a duty's lease.
+    pub leases_taken: Family<DutyLabels, Counter>,
+    /// Relay passes over the outbox, by whether they found rows.
+    pub relay_passes: Family<RelayPassLabels, Counter>,
+    /// Outbox rows the relay published.
+    pub relay_published: Counter,
+    /// Messages a consumer handled together in one batch, by queue.
+    pub batch_size: Family<QueueLabels, Histogram>,
     pub messages_consumed: Family<QueueLabels, Counter>,
     pub messages_redelivered: Family<QueueLabels, Counter>,
     pub messages_retried: Family<QueueLabels, Counter>,
@@ -200,6 +221,38 @@ impl Default for Metrics {
             "Whether a store answered this process's last readiness check (1) or not (0)",
             store_up.clone(),
         );
+        let lease_held = Family::<DutyLabels, Gauge>::default();
+        registry.register(
+            "lease_held",
+            "Whether this process holds a duty's lease and runs it for the cluster (1) or not (0)",
+            lease_held.clone(),
+        );
+        let leases_taken = Family::<DutyLabels, Counter>::default();
+        registry.register(
+            "leases_taken",
+            "Times this process took a duty's lease",
+            leases_taken.clone(),
+        );
+        let relay_passes = Family::<RelayPassLabels, Counter>::default();
+        registry.register(
+            "relay_passes",
+            "Relay passes over the outbox, by whether they found rows",
+            relay_passes.clone(),
+        );
+        let relay_published = Counter::default();
+        registry.register(
+            "relay_published",
+            "Outbox rows the relay published",
+            relay_published.clone(),
+        );
+        let batch_size = Family::<QueueLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
+        });
+        registry.register(
+            "batch_size",
+            "Messages a consumer handled together in one batch, by queue",
+            batch_size.clone(),
+        );
         let messages = |registry: &mut Registry, name: &str, help: &str| {
             let family = Family::<QueueLabels, Counter>::default();
             registry.register(name, help, family.clone());
@@ -244,6 +297,11 @@ impl Default for Metrics {
             saga_oldest_in_flight,
             dead_letters,
             store_up,
+            lease_held,
+            leases_taken,
+            relay_passes,
+            relay_published,
+            batch_size,
             messages_consumed,
             messages_redelivered,
             messages_retried,

@@ -322,6 +322,7 @@ async fn chaos_in(
         injector.urls(&config.urls),
         Layout::Split {
             workers: config.workers,
+            worker_millicpu: None,
         },
         &config.out_dir.join("logs"),
         &settings,

@@ -77,6 +77,10 @@ pub struct ChaosArgs {
     /// The orderly binary (default: `orderly` beside this one).
     #[arg(long)]
     orderly_bin: Option<PathBuf>,
+    /// Each `orderly worker` in a CPU quota of its own, in CPUs (0.1 is a tenth of one), as a
+    /// Kubernetes CPU limit would hold a pod; a cgroup per worker, so it needs root.
+    #[arg(long)]
+    worker_cpu: Option<f64>,
 }
 
 impl ChaosArgs {
@@ -167,10 +171,26 @@ pub struct LoadArgs {
     /// The orderly binary (default: `orderly` beside this one).
     #[arg(long)]
     orderly_bin: Option<PathBuf>,
+    /// Each `orderly worker` in a CPU quota of its own, in CPUs (0.1 is a tenth of one), as a
+    /// Kubernetes CPU limit would hold a pod; a cgroup per worker, so it needs root.
+    #[arg(long)]
+    worker_cpu: Option<f64>,
 }
 
 impl LoadArgs {
     pub fn config(&self, layout: Layout, out_suffix: &str) -> anyhow::Result<RunConfig> {
+        let worker_millicpu = match self.worker_cpu {
+            Some(cpus) if cpus > 0.0 && cpus <= 64.0 => Some((cpus * 1000.0).round() as u32),
+            Some(cpus) => anyhow::bail!("--worker-cpu must be above 0 and at most 64, got {cpus}"),
+            None => None,
+        };
+        let layout = match layout {
+            Layout::Split { workers, .. } => Layout::Split {
+                workers,
+                worker_millicpu,
+            },
+            Layout::Single => Layout::Single,
+        };
         let mut shape = self.scenario.default_shape();
         if let Some(products) = self.products {
             shape.products = products.max(1);
@@ -207,6 +227,7 @@ impl LoadArgs {
             duration: Duration::from_secs_f64(self.duration.max(1.0)),
             seed: self.seed,
             layout,
+            worker_millicpu,
             binary,
             urls: StoreUrls::from_env(),
             out_dir: self.out.clone().unwrap_or_else(|| {

@@ -91,6 +91,12 @@ pub fn sample(orderly: &[u32]) -> CpuTimes {
     CpuTimes(groups)
 }
 
+/// CPU seconds one process has used so far, or `None` once it is gone.
+pub fn process_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(_, ticks)| ticks as f64 / TICKS_PER_SECOND)
+}
+
 /// The command name and the CPU ticks of a `/proc/<pid>/stat` line: its own user and system
 /// time plus that of its children already reaped (Postgres backends that exited, say).
 fn parse_stat(stat: &str) -> Option<(&str, u64)> {

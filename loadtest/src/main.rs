@@ -52,7 +52,10 @@ async fn main() -> ExitCode {
             let layout = if workers == 0 {
                 Layout::Single
             } else {
-                Layout::Split { workers }
+                Layout::Split {
+                    workers,
+                    worker_millicpu: None,
+                }
             };
             match load.config(layout, "") {
                 Ok(config) => {

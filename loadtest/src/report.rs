@@ -66,6 +66,40 @@ pub struct CpuReport {
     pub per_saga_ms: Option<f64>,
 }
 
+/// One worker's CPU over the measured window, against its quota.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerCpu {
+    pub name: String,
+    pub quota_cpus: f64,
+    pub cpu_s: f64,
+    /// Share of the quota's periods in which it was held back.
+    pub throttled_share: f64,
+    pub throttled_s: f64,
+}
+
+impl Report {
+    /// What held the run back, as far as the quotas tell: the workers when they spent most
+    /// periods throttled, else something else (a store, the API, the load).
+    pub fn bound_by(&self) -> Option<String> {
+        if self.workers.is_empty() {
+            return None;
+        }
+        let share =
+            self.workers.iter().map(|w| w.throttled_share).sum::<f64>() / self.workers.len() as f64;
+        Some(if share >= 0.5 {
+            format!(
+                "the workers' CPU quotas (throttled in {:.0} % of periods)",
+                share * 100.0
+            )
+        } else {
+            format!(
+                "not the workers' quotas (throttled in {:.0} % of periods): a store, the API or the load",
+                share * 100.0
+            )
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: String,
@@ -92,6 +126,10 @@ pub struct Report {
     pub saga_duration_server: Percentiles,
     pub measured: Summary,
     pub cpu: CpuReport,
+    /// Work per saga over the measured window (transactions, batches, relay passes).
+    pub work: crate::work::WorkReport,
+    /// Each worker's CPU against its quota, when the layout gave them quotas.
+    pub workers: Vec<WorkerCpu>,
     pub baselines: Vec<Baseline>,
     pub verification: Verification,
 }
@@ -287,6 +325,66 @@ impl Report {
                  at this mix.",
                 1000.0 * self.machine.cpus as f64 / per_saga,
                 self.machine.cpus
+            );
+        }
+
+        if !self.workers.is_empty() {
+            let _ = writeln!(md, "\n## Workers in CPU quotas (measured window)\n");
+            let _ = writeln!(
+                md,
+                "| worker | quota (CPUs) | CPU seconds | CPUs used | periods throttled | throttled s |"
+            );
+            let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+            for w in &self.workers {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.3} | {:.2} | {:.3} | {:.0} % | {:.2} |",
+                    w.name,
+                    w.quota_cpus,
+                    w.cpu_s,
+                    w.cpu_s / self.duration_s.max(1e-9),
+                    w.throttled_share * 100.0,
+                    w.throttled_s
+                );
+            }
+            if let Some(bound) = self.bound_by() {
+                let _ = writeln!(md, "\nBound by {bound}.");
+            }
+        }
+
+        let work = &self.work;
+        let per = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.2}"));
+        let _ = writeln!(md, "\n## Work (measured window)\n");
+        let _ = writeln!(
+            md,
+            "- Postgres transactions per saga: {}; statements per saga: {} (`pg_stat_statements`)",
+            per(work.transactions_per_saga),
+            per(work.statements_per_saga)
+        );
+        let _ = writeln!(
+            md,
+            "- Relay: {:.0} passes, {:.0} of them empty; {} messages per publish round",
+            work.relay_passes,
+            work.relay_empty_passes,
+            per(work.relay_messages_per_pass)
+        );
+        let _ = writeln!(
+            md,
+            "- Wake-ups (relay passes and consumer batches): {:.1}/s; lease holders: {:?}",
+            work.wakeups_per_s, work.lease_holders
+        );
+        let _ = writeln!(
+            md,
+            "\n| queue | messages | batches | messages per batch (and per ack) |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|");
+        for (queue, b) in &work.batches {
+            let _ = writeln!(
+                md,
+                "| {queue} | {:.0} | {:.0} | {} |",
+                b.messages,
+                b.batches,
+                per(b.mean)
             );
         }
 

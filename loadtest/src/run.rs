@@ -15,11 +15,12 @@ use crate::baseline::{self, Baseline};
 use crate::client::Api;
 use crate::cpu::{self, CpuTimes};
 use crate::driver::{self, Model};
-use crate::report::{CpuReport, Machine, Report, Throughput};
+use crate::report::{CpuReport, Machine, Report, Throughput, WorkerCpu};
 use crate::scenario::{Load, Scenario, Shape, World};
 use crate::stats::{Percentiles, Stats};
 use crate::system::{Layout, Namespace, StoreUrls, System};
 use crate::verify::{self, Stores};
+use crate::work;
 
 /// How long in-flight iterations may take to finish after the load stops.
 const DRAIN: Duration = Duration::from_secs(60);
@@ -35,6 +36,8 @@ pub struct RunConfig {
     pub duration: Duration,
     pub seed: u64,
     pub layout: Layout,
+    /// Each worker's CPU quota in thousandths of a CPU, for layouts with workers.
+    pub worker_millicpu: Option<u32>,
     /// The `orderly` binary to run.
     pub binary: PathBuf,
     pub urls: StoreUrls,
@@ -105,6 +108,11 @@ async fn load_and_verify(config: &RunConfig, system: &mut System) -> anyhow::Res
     // it was created, when the planner still takes its 1,000 products for a handful and sorts
     // them all for every page.
     sqlx::query("ANALYZE").execute(&stores.pg).await?;
+    // Statements per saga, where Postgres preloads pg_stat_statements (scripts/loadtest does);
+    // elsewhere the view stays unreadable and the report leaves the figure out.
+    let _ = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&stores.pg)
+        .await;
 
     let baselines: Vec<Baseline> = if config.baseline_secs > 0.0 {
         baseline::measure_all(&system.namespace, &system.urls, config.baseline_secs).await?
@@ -126,14 +134,47 @@ async fn load_and_verify(config: &RunConfig, system: &mut System) -> anyhow::Res
         stats: std::sync::Mutex::new(Stats::new(start, config.warmup)),
     });
     let pids = system.pids();
-    let cpu_window = tokio::spawn(async move {
+    let (pg, database, metrics, quotas) = (
+        stores.pg.clone(),
+        system.namespace.database.clone(),
+        system.metrics_urls(),
+        system.quotas(),
+    );
+    let window_samples = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from.into()).await;
-        let before = cpu::sample(&pids);
+        let (cpu_before, work_before, quotas_before) = (
+            cpu::sample(&pids),
+            work::Sample::take(&pg, &database, &metrics).await,
+            sample_quotas(&quotas),
+        );
         tokio::time::sleep_until(until.into()).await;
-        cpu::sample(&pids).since(&before)
+        let cpu = cpu::sample(&pids).since(&cpu_before);
+        let workers = quotas
+            .iter()
+            .zip(sample_quotas(&quotas).into_iter().zip(quotas_before))
+            .map(
+                |((name, _, cpus, _), ((cpu_after, after), (cpu_before, before)))| {
+                    let throttling = after.since(&before);
+                    WorkerCpu {
+                        name: name.clone(),
+                        quota_cpus: *cpus,
+                        cpu_s: cpu_after - cpu_before,
+                        throttled_share: throttling.throttled_periods as f64
+                            / throttling.periods.max(1) as f64,
+                        throttled_s: throttling.throttled_s,
+                    }
+                },
+            )
+            .collect::<Vec<_>>();
+        (
+            cpu,
+            work_before,
+            work::Sample::take(&pg, &database, &metrics).await,
+            workers,
+        )
     });
     let driven = driver::drive(load.clone(), config.model, until, DRAIN, config.seed).await;
-    let cpu_seconds = cpu_window.await?;
+    let (cpu_seconds, work_before, work_after, workers) = window_samples.await?;
     system.check_alive()?;
 
     let quiet_after = verify::wait_until_quiet(&stores, QUIET).await?;
@@ -177,6 +218,12 @@ async fn load_and_verify(config: &RunConfig, system: &mut System) -> anyhow::Res
         sagas_completed,
     });
     let cpu = cpu_report(cpu_seconds, throughput.as_ref().map(|t| t.sagas_completed));
+    let work = work::WorkReport::between(
+        &work_before,
+        &work_after,
+        seconds,
+        throughput.as_ref().map(|t| t.sagas_completed),
+    );
 
     Ok(Report {
         scenario: config.scenario.name().to_owned(),
@@ -197,6 +244,8 @@ async fn load_and_verify(config: &RunConfig, system: &mut System) -> anyhow::Res
         saga_duration_server: server_saga_duration(&stores.pg, window).await?,
         measured,
         cpu,
+        work,
+        workers,
         baselines,
         verification,
     })
@@ -221,6 +270,21 @@ fn covered(model: Model, duration: Duration, reached: Duration) -> f64 {
     } else {
         reached
     }
+}
+
+/// Each quota'd worker's CPU seconds so far and its throttling.
+fn sample_quotas(
+    quotas: &[(String, u32, f64, crate::quota::QuotaReader)],
+) -> Vec<(f64, crate::quota::Throttling)> {
+    quotas
+        .iter()
+        .map(|(_, pid, _, reader)| {
+            (
+                cpu::process_seconds(*pid).unwrap_or(0.0),
+                reader.throttling(),
+            )
+        })
+        .collect()
 }
 
 /// CPU per completed saga, when the sagas of the window are known (the load covered it).

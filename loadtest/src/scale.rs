@@ -21,7 +21,10 @@ pub async fn scale(config: &RunConfig, workers: &[usize]) -> anyhow::Result<Vec<
     let mut steps = Vec::new();
     for (i, &n) in workers.iter().enumerate() {
         let mut step = config.clone();
-        step.layout = Layout::Split { workers: n };
+        step.layout = Layout::Split {
+            workers: n,
+            worker_millicpu: config.worker_millicpu,
+        };
         step.out_dir = config.out_dir.join(format!("workers-{n}"));
         if i > 0 {
             step.baseline_secs = 0.0;
@@ -105,6 +108,70 @@ pub fn markdown(steps: &[Step]) -> String {
             saga.p99_ms,
             if r.passed() { "✅" } else { "❌" }
         );
+    }
+    let _ = writeln!(
+        md,
+        "\n| workers | Postgres tx/saga | statements/saga | relay passes (empty) | messages per relay pass | messages per batch: orchestrator, inventory, payments, history | wake-ups/s |"
+    );
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---|---:|");
+    for step in steps {
+        let w = &step.report.work;
+        let per = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.1}"));
+        let batch = |q: &str| per(w.batches.get(q).and_then(|b| b.mean));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} ({:.0}) | {} | {}, {}, {}, {} | {:.0} |",
+            step.workers,
+            per(w.transactions_per_saga),
+            per(w.statements_per_saga),
+            w.relay_passes,
+            w.relay_empty_passes,
+            per(w.relay_messages_per_pass),
+            batch("orchestrator"),
+            batch("inventory"),
+            batch("payments"),
+            batch("history"),
+            w.wakeups_per_s
+        );
+    }
+    if steps.iter().any(|s| !s.report.workers.is_empty()) {
+        let _ = writeln!(
+            md,
+            "\n| workers | CPUs used per worker (quota) | periods throttled | stores' CPU s (postgres, rabbitmq, mongodb, redis) | bound by |"
+        );
+        let _ = writeln!(md, "|---:|---|---|---|---|");
+        for step in steps {
+            let r = &step.report;
+            let used: Vec<String> = r
+                .workers
+                .iter()
+                .map(|w| {
+                    format!(
+                        "{:.3} ({:.3})",
+                        w.cpu_s / r.duration_s.max(1e-9),
+                        w.quota_cpus
+                    )
+                })
+                .collect();
+            let throttled: Vec<String> = r
+                .workers
+                .iter()
+                .map(|w| format!("{:.0} %", w.throttled_share * 100.0))
+                .collect();
+            let store = |g: &str| r.cpu.seconds.0.get(g).copied().unwrap_or(0.0);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.1}, {:.1}, {:.1}, {:.1} | {} |",
+                step.workers,
+                used.join(", "),
+                throttled.join(", "),
+                store("postgres"),
+                store("rabbitmq"),
+                store("mongodb"),
+                store("redis"),
+                r.bound_by().unwrap_or_default()
+            );
+        }
     }
     let _ = writeln!(md, "\nEach step's full report is in `workers-N/report.md`.");
     md

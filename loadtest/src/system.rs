@@ -2,6 +2,7 @@
 //! (a fresh Postgres database, Redis key prefix, MongoDB database and RabbitMQ names), so a run
 //! never mixes with another run, the tests, or a `scripts/up` server on the same stores.
 
+use crate::quota::{CpuQuota, QuotaReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -163,17 +164,30 @@ pub async fn delete_keys(
 pub enum Layout {
     /// `orderly run`: the API and every role in one process.
     Single,
-    /// `orderly api` plus this many `orderly worker` processes, each running every role.
-    Split { workers: usize },
+    /// `orderly api` plus this many `orderly worker` processes, each running every role, and
+    /// each in a CPU quota of its own of `worker_millicpu` thousandths of a CPU when given (as a
+    /// pod's CPU limit would hold it).
+    Split {
+        workers: usize,
+        worker_millicpu: Option<u32>,
+    },
 }
 
 impl Layout {
     pub fn describe(self) -> String {
         match self {
             Self::Single => "1 × `orderly run` (API and all roles in one process)".into(),
-            Self::Split { workers } => {
-                format!("`orderly api` + {workers} × `orderly worker` (all roles)")
-            }
+            Self::Split {
+                workers,
+                worker_millicpu: None,
+            } => format!("`orderly api` + {workers} × `orderly worker` (all roles)"),
+            Self::Split {
+                workers,
+                worker_millicpu: Some(m),
+            } => format!(
+                "`orderly api` + {workers} × `orderly worker` (all roles), each limited to {:.3} CPU",
+                f64::from(m) / 1000.0
+            ),
         }
     }
 }
@@ -197,6 +211,12 @@ struct Running {
     name: String,
     args: Vec<String>,
     child: Child,
+    /// Where it serves `/metrics`.
+    metrics: String,
+    /// Settings of its own (a worker's metrics address), kept for a restart.
+    env: Vec<(&'static str, String)>,
+    /// Its CPU quota, if the layout gives it one; a restart goes back into it.
+    quota: Option<CpuQuota>,
 }
 
 impl System {
@@ -239,10 +259,23 @@ impl System {
         }
         match layout {
             Layout::Single => system.spawn("run", &["run"])?,
-            Layout::Split { workers } => {
+            Layout::Split {
+                workers,
+                worker_millicpu,
+            } => {
                 system.spawn("api", &["api"])?;
                 for i in 1..=workers {
-                    system.spawn(&format!("worker-{i}"), &["worker"])?;
+                    let name = format!("worker-{i}");
+                    system.spawn(&name, &["worker"])?;
+                    if let Some(m) = worker_millicpu {
+                        let cgroup = format!("{}-{name}", system.namespace.database);
+                        let quota = CpuQuota::create(&cgroup, f64::from(m) / 1000.0)?;
+                        let running = system.process(&name)?;
+                        if let Some(pid) = running.child.id() {
+                            quota.add(pid)?;
+                        }
+                        running.quota = Some(quota);
+                    }
                 }
             }
         }
@@ -280,16 +313,46 @@ impl System {
     }
 
     fn spawn(&mut self, name: &str, args: &[&str]) -> anyhow::Result<()> {
+        // The API's metrics are on its HTTP port; a worker serves its own on a port of its own.
+        let (metrics, extra) = if args.first() == Some(&"worker") {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            (
+                format!("http://127.0.0.1:{port}/metrics"),
+                vec![("ORDERLY_WORKER_METRICS_ADDR", format!("127.0.0.1:{port}"))],
+            )
+        } else {
+            (format!("{}/metrics", self.base_url), Vec::new())
+        };
         let child = self
             .command(name, args, false)?
+            .envs(extra.clone())
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
         self.processes.push(Running {
             name: name.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             child,
+            metrics,
+            env: extra,
+            quota: None,
         });
         Ok(())
+    }
+
+    /// Each worker in a CPU quota: its name, pid, quota and a reader of its throttling.
+    pub fn quotas(&self) -> Vec<(String, u32, f64, QuotaReader)> {
+        self.processes
+            .iter()
+            .filter_map(|p| {
+                let quota = p.quota.as_ref()?;
+                Some((p.name.clone(), p.child.id()?, quota.cpus, quota.reader()))
+            })
+            .collect()
+    }
+
+    /// Where each process serves `/metrics`.
+    pub fn metrics_urls(&self) -> Vec<String> {
+        self.processes.iter().map(|p| p.metrics.clone()).collect()
     }
 
     /// The names of the processes, in start order (`api` first in a split layout).
@@ -306,19 +369,24 @@ impl System {
 
     /// Starts the named process again, as it was started first, if it is not running.
     pub fn restart(&mut self, name: &str) -> anyhow::Result<()> {
-        let args = {
+        let (args, env) = {
             let process = self.process(name)?;
             if process.child.try_wait()?.is_none() {
                 return Ok(());
             }
-            process.args.clone()
+            (process.args.clone(), process.env.clone())
         };
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let child = self
             .command(name, &args, true)?
+            .envs(env)
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
-        self.process(name)?.child = child;
+        let running = self.process(name)?;
+        if let (Some(quota), Some(pid)) = (&running.quota, child.id()) {
+            quota.add(pid)?;
+        }
+        running.child = child;
         Ok(())
     }
 

@@ -125,6 +125,10 @@ impl Stores {
 /// whatever did not finish.
 pub async fn wait_until_quiet(stores: &Stores, limit: Duration) -> anyhow::Result<Duration> {
     let start = Instant::now();
+    // Quiet must hold for a while, not at one instant: a request the server still works on
+    // after its client gave up (a checkout or cancel waiting for a connection during a fault)
+    // may land just after a first quiet look, and start a saga then.
+    let mut quiet_since: Option<Instant> = None;
     loop {
         let running = stores
             .count("SELECT count(*) FROM sagas WHERE state IN ('running', 'compensating')")
@@ -144,7 +148,12 @@ pub async fn wait_until_quiet(stores: &Stores, limit: Duration) -> anyhow::Resul
             .await?;
         let projected = stores.history_events().await?;
         if running == 0 && cancels_in_flight == 0 && outbox == 0 && projected as i64 >= numbered {
-            return Ok(start.elapsed());
+            let since = *quiet_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= QUIET_FOR {
+                return Ok(since.duration_since(start));
+            }
+        } else {
+            quiet_since = None;
         }
         if start.elapsed() > limit {
             return Ok(start.elapsed());
@@ -152,6 +161,9 @@ pub async fn wait_until_quiet(stores: &Stores, limit: Duration) -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// How long the system must stay quiet before it is verified.
+const QUIET_FOR: Duration = Duration::from_secs(2);
 
 /// Runs every check. With `api` (the API and an admin token), a sample of orders is also read
 /// back through HTTP.

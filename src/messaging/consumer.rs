@@ -114,12 +114,87 @@ impl<E: Into<HandleError>> From<E> for Unwritten {
 }
 
 /// How a consumer groups deliveries.
+///
+/// A batch waits for its next delivery at least `linger`, and longer when deliveries have
+/// been coming about as often as that longer wait (twice the usual gap between them, if that
+/// is within `max_linger`), but never past `max_linger` after its first delivery, nor past
+/// `size` messages. So a lone message waits `linger`, a busy queue fills its batches as fast as
+/// they come, and a queue split among many consumers, each seeing a message every few
+/// milliseconds, still gathers several per transaction instead of one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {
     /// Deliveries handled together at most.
     pub size: usize,
-    /// How long after the first delivery a batch waits for more before it is handled.
+    /// How long a batch waits for its next delivery at least.
     pub linger: std::time::Duration,
+    /// How long after its first delivery a batch is handled at the latest.
+    pub max_linger: std::time::Duration,
+}
+
+/// The usual gap between deliveries, as a moving average over the last few.
+#[derive(Debug, Default)]
+struct Arrivals {
+    last: Option<std::time::Instant>,
+    gap: Option<std::time::Duration>,
+}
+
+impl Arrivals {
+    fn arrived(&mut self, at: std::time::Instant) {
+        if let Some(last) = self.last {
+            let gap = at.saturating_duration_since(last);
+            // An eighth of each new gap: a burst or a pause moves it, one odd gap does not.
+            self.gap = Some(match self.gap {
+                Some(usual) => (usual * 7 + gap) / 8,
+                None => gap,
+            });
+        }
+        self.last = Some(at);
+    }
+
+    /// How long to wait for the next delivery (see [`Batching`]).
+    fn wait_for_next(&self, batching: &Batching) -> std::time::Duration {
+        match self.gap {
+            Some(gap) if gap * 2 <= batching.max_linger => (gap * 2).max(batching.linger),
+            _ => batching.linger,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    const BATCHING: Batching = Batching {
+        size: 100,
+        linger: Duration::from_millis(2),
+        max_linger: Duration::from_millis(10),
+    };
+
+    fn after_gaps(ms: &[u64]) -> Duration {
+        let mut arrivals = Arrivals::default();
+        let mut at = Instant::now();
+        arrivals.arrived(at);
+        for gap in ms {
+            at += Duration::from_millis(*gap);
+            arrivals.arrived(at);
+        }
+        arrivals.wait_for_next(&BATCHING)
+    }
+
+    #[test]
+    fn a_batch_waits_longer_only_while_deliveries_come_within_the_bound() {
+        // Nothing known, or deliveries far apart: the base linger.
+        assert_eq!(after_gaps(&[]), BATCHING.linger);
+        assert_eq!(after_gaps(&[1_000, 1_000]), BATCHING.linger);
+        // Every 4 ms: wait 8 ms for the next, which is likely to come.
+        assert_eq!(after_gaps(&[4; 20]).as_millis(), 8);
+        // Dense: never less than the base linger.
+        assert_eq!(after_gaps(&[0; 20]), BATCHING.linger);
+        // Every 6 ms: twice that is past the bound, so back to the base linger.
+        assert_eq!(after_gaps(&[6; 20]), BATCHING.linger);
+    }
 }
 
 #[derive(Debug, Error)]
@@ -181,18 +256,25 @@ pub async fn consume<H: Handler>(
     };
     let mut deliveries = std::pin::pin!(consumer.take_until(stop));
     let outcome = async {
+        let mut arrivals = Arrivals::default();
         while let Some(first) = deliveries.next().await {
             let mut batch = vec![first?];
-            let linger = tokio::time::sleep(batching.linger);
-            tokio::pin!(linger);
+            let opened = tokio::time::Instant::now();
+            arrivals.arrived(opened.into_std());
+            let closes = opened + batching.max_linger.max(batching.linger);
             while batch.len() < batching.size.max(1) {
+                let wait = arrivals.wait_for_next(&batching);
+                let deadline = (tokio::time::Instant::now() + wait).min(closes);
                 tokio::select! {
                     biased;
                     next = deliveries.next() => match next {
-                        Some(delivery) => batch.push(delivery?),
+                        Some(delivery) => {
+                            batch.push(delivery?);
+                            arrivals.arrived(std::time::Instant::now());
+                        }
                         None => break,
                     },
-                    _ = &mut linger => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
             context.process(batch, handler.as_ref()).await?;
@@ -228,6 +310,10 @@ impl Context<'_> {
             .messages_consumed
             .get_or_create(&labels)
             .inc_by(batch.len() as u64);
+        self.metrics
+            .batch_size
+            .get_or_create(&labels)
+            .observe(batch.len() as f64);
         let redelivered = batch.iter().filter(|d| d.redelivered).count();
         if redelivered > 0 {
             self.metrics

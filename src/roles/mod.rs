@@ -7,11 +7,15 @@
 //! | `relay` | the outbox (Postgres) | publishes with confirms, then deletes the rows |
 //! | `orchestrator` | `saga.*` | drives sagas under their version; sweeps deadlines |
 //! | `inventory` | `inventory.*` | `reserve.lua` / `release.lua`; settles stock adjustments |
+//!
+//! The relay, the deadline sweep and the stock recovery are each run by one process of the
+//! cluster at a time, under a [`lease`]; the consumers run in every process that runs the role.
 //! | `payments` | `payments.*` | wallet debits and refunds, once per order |
 //! | `history` | `history.*` | projects order history into MongoDB |
 
 pub mod history;
 pub mod inventory;
+pub mod lease;
 pub mod orchestrator;
 pub mod payments;
 pub mod relay;
@@ -20,6 +24,7 @@ use std::{fmt, str::FromStr, sync::Arc, time::Instant};
 
 use tokio::{sync::watch, task::JoinSet};
 
+use self::lease::Duty;
 use crate::{
     config::Settings,
     domain::saga::Policy,
@@ -143,11 +148,20 @@ pub fn spawn(
         };
         match role {
             Role::Relay => {
-                tasks.spawn(relay::run(context, shutdown));
+                let relay = context.clone();
+                tasks.spawn(lease::lead(context, Duty::Relay, shutdown, move |stop| {
+                    relay::run(relay.clone(), stop)
+                }));
             }
             Role::Orchestrator => {
                 let orchestrator = Arc::new(orchestrator::Orchestrator::new(context.clone()));
-                tasks.spawn(orchestrator.clone().run_sweeper(shutdown.clone()));
+                let sweeper = orchestrator.clone();
+                tasks.spawn(lease::lead(
+                    context.clone(),
+                    Duty::DeadlineSweep,
+                    shutdown.clone(),
+                    move |stop| sweeper.clone().run_sweeper(stop),
+                ));
                 tasks.spawn(consume_forever(
                     context,
                     Queue::Orchestrator,
@@ -157,7 +171,13 @@ pub fn spawn(
             }
             Role::Inventory => {
                 let inventory = inventory::Inventory::new(context.clone());
-                tasks.spawn(inventory.clone().run_recovery(shutdown.clone()));
+                let recovery = inventory.clone();
+                tasks.spawn(lease::lead(
+                    context.clone(),
+                    Duty::StockRecovery,
+                    shutdown.clone(),
+                    move |stop| recovery.clone().run_recovery(stop),
+                ));
                 tasks.spawn(consume_forever(
                     context,
                     Queue::Inventory,

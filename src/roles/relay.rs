@@ -14,7 +14,6 @@
 
 use std::{collections::VecDeque, time::Instant};
 
-use sqlx::postgres::PgListener;
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -23,7 +22,8 @@ use crate::{
         envelope::{Exchange, Outbound},
         publisher::{InFlight, Outgoing, PublishError, Publisher},
     },
-    store::postgres::outbox,
+    metrics::RelayPassLabels,
+    store::postgres::{self, outbox},
 };
 
 use super::RoleContext;
@@ -67,7 +67,7 @@ async fn relay(context: &RoleContext, shutdown: &watch::Receiver<bool>) -> Resul
     let publisher = Publisher::open(&connection, context.topology.clone()).await?;
     // A connection of its own: a listener holds its connection for good, and the roles' pool
     // is kept small on purpose (see `ORDERLY_WORKER_PG_MAX_CONNECTIONS`).
-    let mut listener = PgListener::connect(&context.settings.database_url).await?;
+    let mut listener = postgres::listener(&context.settings).await?;
     listener.listen("orderly_outbox").await?;
     tracing::info!("relaying the outbox");
     let mut shutdown = shutdown.clone();
@@ -142,9 +142,16 @@ impl Batch {
 async fn take(context: &RoleContext, publisher: &Publisher) -> Result<Option<Batch>, RelayError> {
     let mut tx = context.stores.pg.begin().await?;
     let rows = outbox::take(&mut tx, context.settings.relay_batch).await?;
+    let found = if rows.is_empty() { "empty" } else { "rows" };
+    context
+        .metrics
+        .relay_passes
+        .get_or_create(&RelayPassLabels { found })
+        .inc();
     if rows.is_empty() {
         return Ok(None);
     }
+    context.metrics.relay_published.inc_by(rows.len() as u64);
     let full = rows.len() as i64 >= context.settings.relay_batch;
     let messages: Vec<Outgoing> = rows
         .into_iter()

@@ -347,6 +347,30 @@ impl TestApp {
             .expect("orderly runs")
     }
 
+    /// An `orderly worker` process running `roles` on this app's stores and names (with
+    /// `overrides`), serving `/metrics` and `/readyz`; killed on drop.
+    pub fn spawn_worker(&self, roles: &str, overrides: &[(&str, &str)]) -> Worker {
+        let s = &self.settings;
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let (mut vars, _) = test_vars(&[
+            ("ORDERLY_DATABASE_URL", &s.database_url),
+            ("ORDERLY_REDIS_PREFIX", &s.redis_prefix),
+            ("ORDERLY_MONGODB_DATABASE", &s.mongodb_database),
+            ("ORDERLY_AMQP_PREFIX", &s.amqp_prefix),
+            ("ORDERLY_ADMIN_TOKEN", &s.admin_token),
+            ("ORDERLY_WORKER_METRICS_ADDR", &metrics_addr),
+        ]);
+        for (name, value) in overrides {
+            vars.insert((*name).to_owned(), (*value).to_owned());
+        }
+        let log = std::env::temp_dir().join(format!("orderly-worker-{}.log", Uuid::new_v4()));
+        Worker {
+            process: Process::start(&["worker", "--roles", roles], &vars, &log),
+            metrics_addr,
+            log,
+        }
+    }
+
     pub async fn patch(&self, path: &str, if_match: &str, body: &Value) -> Reply {
         self.raw(
             Method::PATCH,
@@ -595,6 +619,24 @@ impl Drop for Isolation {
                 .block_on(namespace.remove(&urls));
         });
         let _ = cleanup.join();
+    }
+}
+
+/// An `orderly worker` a test started ([`TestApp::spawn_worker`]).
+pub struct Worker {
+    pub process: Process,
+    /// Where it serves `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_addr: String,
+    pub log: std::path::PathBuf,
+}
+
+impl Worker {
+    /// Its `/metrics` text, or `None` while it does not answer.
+    pub async fn metrics(&self) -> Option<String> {
+        let response = reqwest::get(format!("http://{}/metrics", self.metrics_addr))
+            .await
+            .ok()?;
+        response.text().await.ok()
     }
 }
 

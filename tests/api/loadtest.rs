@@ -28,7 +28,11 @@ async fn a_short_checkout_run_passes_verification_and_a_broken_store_fails_it() 
         warmup: Duration::from_millis(500),
         duration: Duration::from_secs(3),
         seed: 7,
-        layout: Layout::Split { workers: 1 },
+        layout: Layout::Split {
+            workers: 1,
+            worker_millicpu: None,
+        },
+        worker_millicpu: None,
         binary: env!("CARGO_BIN_EXE_orderly").into(),
         urls: urls.clone(),
         out_dir: out.clone(),

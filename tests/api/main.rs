@@ -10,6 +10,7 @@ mod dashboard;
 mod dead_letters;
 mod docs;
 mod helpers;
+mod leases;
 mod loadtest;
 mod messaging;
 mod ops;

@@ -9,7 +9,7 @@ use orderly_loadtest::proxy::{self, Link, Proxy};
 use serde_json::Value;
 use sqlx::Connection;
 
-use crate::helpers::{Process, free_port, spawn_app, spawn_app_with_roles, test_vars};
+use crate::helpers::{spawn_app, spawn_app_with_roles, test_vars};
 
 const PRICE: i64 = 5_000;
 
@@ -112,28 +112,11 @@ async fn a_worker_started_while_mongodb_is_unreachable_waits_for_it_and_runs_the
 
     let (mongo_proxy, mongodb_url) = proxied(&app.settings.mongodb_url, 27017).await;
     mongo_proxy.set(Link::Cut);
-    let (mut vars, _) = test_vars(&[]);
-    for (name, value) in [
-        ("ORDERLY_DATABASE_URL", app.settings.database_url.clone()),
-        ("ORDERLY_REDIS_PREFIX", app.settings.redis_prefix.clone()),
-        (
-            "ORDERLY_MONGODB_DATABASE",
-            app.settings.mongodb_database.clone(),
-        ),
-        ("ORDERLY_AMQP_PREFIX", app.settings.amqp_prefix.clone()),
-        ("ORDERLY_ADMIN_TOKEN", app.settings.admin_token.clone()),
-        ("ORDERLY_MONGODB_URL", mongodb_url),
-    ] {
-        vars.insert(name.into(), value);
-    }
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
-    vars.insert("ORDERLY_WORKER_METRICS_ADDR".into(), metrics_addr.clone());
-    let log = std::env::temp_dir().join(format!("orderly-outage-{}.log", uuid::Uuid::new_v4()));
-    let mut worker = Process::start(
-        &["worker", "--roles", "inventory,payments,history"],
-        &vars,
-        &log,
+    let mut worker = app.spawn_worker(
+        "inventory,payments,history",
+        &[("ORDERLY_MONGODB_URL", &mongodb_url)],
     );
+    let (metrics_addr, log) = (worker.metrics_addr.clone(), worker.log.clone());
 
     let readyz = format!("http://{metrics_addr}/readyz");
     let (_, report) = eventually(&readyz, |status, body| {
@@ -152,7 +135,11 @@ async fn a_worker_started_while_mongodb_is_unreachable_waits_for_it_and_runs_the
     let order = placed.body["id"].as_str().unwrap().to_owned();
     assert_eq!(app.settled_order(&order).await["status"], "confirmed");
     assert_eq!(app.balance(customer).await, 8 * PRICE);
-    assert!(worker.running(), "the worker waits; see {}", log.display());
+    assert!(
+        worker.process.running(),
+        "the worker waits; see {}",
+        log.display()
+    );
 
     // MongoDB comes back: the history role starts and catches up.
     mongo_proxy.set(Link::Up);
@@ -169,6 +156,10 @@ async fn a_worker_started_while_mongodb_is_unreachable_waits_for_it_and_runs_the
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(events["events"][3]["type"], "order_confirmed", "{events}");
-    assert!(worker.terminate().success(), "see {}", log.display());
+    assert!(
+        worker.process.terminate().success(),
+        "see {}",
+        log.display()
+    );
     let _ = std::fs::remove_file(&log);
 }

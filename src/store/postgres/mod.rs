@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::{
     ConnectOptions, Connection, PgPool,
-    postgres::{PgConnectOptions, PgPoolOptions},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 
 use crate::config::Settings;
@@ -43,6 +43,18 @@ pub fn connect_options(settings: &Settings) -> Result<PgConnectOptions, sqlx::Er
         Some(ca) => options.ssl_root_cert(ca),
         None => options,
     })
+}
+
+/// A listener for `NOTIFY`, on a connection of its own made with the same settings as the pool's
+/// (TLS and CA file included), reconnected by sqlx when it drops.
+pub async fn listener(settings: &Settings) -> Result<PgListener, sqlx::Error> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_with(connect_options(settings)?)
+        .await?;
+    PgListener::connect_with(&pool).await
 }
 
 /// Creates the database when missing, then applies every pending migration.
