@@ -175,7 +175,7 @@ impl Settings {
             batching: Batching {
                 size: parse::<usize>(vars, "ORDERLY_BATCH_SIZE", 100)?.max(1),
                 linger: Duration::from_millis(parse(vars, "ORDERLY_BATCH_LINGER_MS", 2)?),
-                max_linger: Duration::from_millis(parse(vars, "ORDERLY_BATCH_MAX_LINGER_MS", 10)?),
+                max_linger: Duration::from_millis(parse(vars, "ORDERLY_BATCH_MAX_LINGER_MS", 40)?),
             },
             step_timeout: Duration::from_millis(parse(vars, "ORDERLY_STEP_TIMEOUT_MS", 10_000)?),
             step_max_attempts: parse(vars, "ORDERLY_STEP_MAX_ATTEMPTS", 3)?,

@@ -77,10 +77,6 @@ pub struct ChaosArgs {
     /// The orderly binary (default: `orderly` beside this one).
     #[arg(long)]
     orderly_bin: Option<PathBuf>,
-    /// Each `orderly worker` in a CPU quota of its own, in CPUs (0.1 is a tenth of one), as a
-    /// Kubernetes CPU limit would hold a pod; a cgroup per worker, so it needs root.
-    #[arg(long)]
-    worker_cpu: Option<f64>,
 }
 
 impl ChaosArgs {

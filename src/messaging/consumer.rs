@@ -169,7 +169,7 @@ mod tests {
     const BATCHING: Batching = Batching {
         size: 100,
         linger: Duration::from_millis(2),
-        max_linger: Duration::from_millis(10),
+        max_linger: Duration::from_millis(40),
     };
 
     fn after_gaps(ms: &[u64]) -> Duration {
@@ -192,8 +192,8 @@ mod tests {
         assert_eq!(after_gaps(&[4; 20]).as_millis(), 8);
         // Dense: never less than the base linger.
         assert_eq!(after_gaps(&[0; 20]), BATCHING.linger);
-        // Every 6 ms: twice that is past the bound, so back to the base linger.
-        assert_eq!(after_gaps(&[6; 20]), BATCHING.linger);
+        // Every 30 ms: twice that is past the bound, so back to the base linger.
+        assert_eq!(after_gaps(&[30; 20]), BATCHING.linger);
     }
 }
 
