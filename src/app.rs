@@ -289,18 +289,14 @@ pub async fn work(settings: Settings, roles: Vec<Role>) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "serving worker metrics and readiness");
-        // Ready when the stores its roles need answer; RabbitMQ, which every role uses but
-        // reconnects to on its own, is reported beside them.
-        let mut reported = needed.clone();
-        if !reported.contains(&Store::Rabbitmq) {
-            reported.push(Store::Rabbitmq);
-        }
+        // Ready when the stores its roles use answer (RabbitMQ among them: without it a
+        // worker does nothing).
         let probe = http::ops::Probe {
             stores: stores.clone(),
             readiness: readiness.clone(),
-            required: needed,
-            reported,
-            metrics: Some(metrics.clone()),
+            required: needed.clone(),
+            reported: needed,
+            metrics: metrics.clone(),
         };
         let router = http::ops::worker_router(metrics.clone(), probe);
         let mut stopped = stop_rx;

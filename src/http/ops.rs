@@ -51,7 +51,7 @@ fn api_probe(state: &AppState) -> Probe {
         readiness: state.readiness.clone(),
         required: vec![Store::Postgres],
         reported: Store::ALL.to_vec(),
-        metrics: Some(state.metrics.clone()),
+        metrics: state.metrics.clone(),
     }
 }
 
@@ -64,15 +64,18 @@ pub struct Probe {
     pub required: Vec<Store>,
     /// The stores named in the body (a superset of `required`).
     pub reported: Vec<Store>,
-    /// Where each report sets `orderly_store_up`.
-    pub metrics: Option<std::sync::Arc<Metrics>>,
+    /// Where each check sets `orderly_store_up`.
+    pub metrics: std::sync::Arc<Metrics>,
 }
 
 impl Probe {
     /// Each reported store's state, checked at the same time; 503 unless the required are "ok".
     pub async fn report(&self) -> (StatusCode, Json<BTreeMap<&'static str, String>>) {
         let report = self.check().await;
-        let ready = self.required.iter().all(|s| report[s.as_str()] == "ok");
+        let ready = self
+            .required
+            .iter()
+            .all(|s| report.get(s.as_str()).is_some_and(|state| state == "ok"));
         let status = if ready {
             StatusCode::OK
         } else {
@@ -90,13 +93,11 @@ impl Probe {
             .map(|s| s.as_str())
             .zip(states)
             .collect();
-        if let Some(metrics) = &self.metrics {
-            for (store, state) in &report {
-                metrics
-                    .store_up
-                    .get_or_create(&StoreLabels { store })
-                    .set(i64::from(state == "ok"));
-            }
+        for (store, state) in &report {
+            self.metrics
+                .store_up
+                .get_or_create(&StoreLabels { store })
+                .set(i64::from(state == "ok"));
         }
         report
     }

@@ -141,7 +141,11 @@ struct Arrivals {
 impl Arrivals {
     fn arrived(&mut self, at: std::time::Instant) {
         if let Some(last) = self.last {
-            let gap = at.saturating_duration_since(last);
+            // An idle spell counts as a second at most, so the average is back within reach of
+            // the bound a dozen deliveries after traffic resumes.
+            let gap = at
+                .saturating_duration_since(last)
+                .min(std::time::Duration::from_secs(1));
             // An eighth of each new gap: a burst or a pause moves it, one odd gap does not.
             self.gap = Some(match self.gap {
                 Some(usual) => (usual * 7 + gap) / 8,
@@ -157,43 +161,6 @@ impl Arrivals {
             Some(gap) if gap * 2 <= batching.max_linger => (gap * 2).max(batching.linger),
             _ => batching.linger,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, Instant};
-
-    use super::*;
-
-    const BATCHING: Batching = Batching {
-        size: 100,
-        linger: Duration::from_millis(2),
-        max_linger: Duration::from_millis(40),
-    };
-
-    fn after_gaps(ms: &[u64]) -> Duration {
-        let mut arrivals = Arrivals::default();
-        let mut at = Instant::now();
-        arrivals.arrived(at);
-        for gap in ms {
-            at += Duration::from_millis(*gap);
-            arrivals.arrived(at);
-        }
-        arrivals.wait_for_next(&BATCHING)
-    }
-
-    #[test]
-    fn a_batch_waits_longer_only_while_deliveries_come_within_the_bound() {
-        // Nothing known, or deliveries far apart: the base linger.
-        assert_eq!(after_gaps(&[]), BATCHING.linger);
-        assert_eq!(after_gaps(&[1_000, 1_000]), BATCHING.linger);
-        // Every 4 ms: wait 8 ms for the next, which is likely to come.
-        assert_eq!(after_gaps(&[4; 20]).as_millis(), 8);
-        // Dense: never less than the base linger.
-        assert_eq!(after_gaps(&[0; 20]), BATCHING.linger);
-        // Every 30 ms: twice that is past the bound, so back to the base linger.
-        assert_eq!(after_gaps(&[30; 20]), BATCHING.linger);
     }
 }
 
@@ -469,4 +436,41 @@ fn with_header(properties: BasicProperties, name: &str, value: AMQPValue) -> Bas
     let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(name.into(), value);
     properties.with_headers(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    const BATCHING: Batching = Batching {
+        size: 100,
+        linger: Duration::from_millis(2),
+        max_linger: Duration::from_millis(40),
+    };
+
+    fn after_gaps(ms: &[u64]) -> Duration {
+        let mut arrivals = Arrivals::default();
+        let mut at = Instant::now();
+        arrivals.arrived(at);
+        for gap in ms {
+            at += Duration::from_millis(*gap);
+            arrivals.arrived(at);
+        }
+        arrivals.wait_for_next(&BATCHING)
+    }
+
+    #[test]
+    fn a_batch_waits_longer_only_while_deliveries_come_within_the_bound() {
+        // Nothing known, or deliveries far apart: the base linger.
+        assert_eq!(after_gaps(&[]), BATCHING.linger);
+        assert_eq!(after_gaps(&[1_000, 1_000]), BATCHING.linger);
+        // Every 4 ms: wait 8 ms for the next, which is likely to come.
+        assert_eq!(after_gaps(&[4; 20]).as_millis(), 8);
+        // Dense: never less than the base linger.
+        assert_eq!(after_gaps(&[0; 20]), BATCHING.linger);
+        // Every 30 ms: twice that is past the bound, so back to the base linger.
+        assert_eq!(after_gaps(&[30; 20]), BATCHING.linger);
+    }
 }

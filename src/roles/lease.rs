@@ -70,7 +70,8 @@ where
     context.metrics.lease_held.get_or_create(&labels).set(0);
     let _ = context.metrics.leases_taken.get_or_create(&labels);
     let mut backoff = Backoff::default();
-    while !*shutdown.borrow() {
+    // Until shutdown, or until nothing can signal it any more.
+    while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
         let started = std::time::Instant::now();
         match hold(&context, duty, &shutdown, &work).await {
             Ok(()) => {}
@@ -130,8 +131,18 @@ where
         if !check {
             break Ok(());
         }
-        if let Err(e) = sqlx::query("SELECT 1").execute(&mut conn).await {
-            break Err(e);
+        // A link that hangs instead of failing is a lost lease too: Postgres frees the lock
+        // once it notices, and another process may hold it by then.
+        let alive = sqlx::query("SELECT 1").execute(&mut conn);
+        match tokio::time::timeout(CHECK * 5, alive).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => break Err(e),
+            Err(_) => {
+                break Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the lease's connection did not answer",
+                )));
+            }
         }
     };
     stop.send_replace(true);

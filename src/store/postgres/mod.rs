@@ -91,10 +91,9 @@ pub async fn migrate(settings: &Settings) -> Result<(), sqlx::Error> {
     migrated
 }
 
-/// Creates `options`' database unless it exists; `true` when it had to. Asked of the server's
-/// maintenance database, over the same TLS settings (sqlx's URL-only helper would drop the CA
+/// Creates `options`' database unless it exists, asked of the server's maintenance database, over the same TLS settings (sqlx's URL-only helper would drop the CA
 /// file). Two processes may race here on a fresh machine; the loser's "already exists" is fine.
-async fn create_database(options: &PgConnectOptions) -> Result<bool, sqlx::Error> {
+async fn create_database(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
     let name = options.get_database().unwrap_or("postgres");
     let mut admin = options.clone().database("postgres").connect().await?;
     let created = async {
@@ -104,15 +103,13 @@ async fn create_database(options: &PgConnectOptions) -> Result<bool, sqlx::Error
                 .fetch_one(&mut admin)
                 .await?;
         if exists {
-            return Ok(false);
+            return Ok(());
         }
         let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         match sqlx::query(&create).execute(&mut admin).await {
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() != Some("42P04") => {
-                Err(sqlx::Error::Database(e))
-            }
-            Err(e) if !matches!(e, sqlx::Error::Database(_)) => Err(e),
-            _ => Ok(true),
+            // 42P04: another process created it first.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+            done => done.map(drop),
         }
     }
     .await;
