@@ -33,10 +33,11 @@ use crate::{
 pub async fn open(settings: &Settings, pg_pool: u32) -> anyhow::Result<Stores> {
     Currency::parse(&settings.currency).context("ORDERLY_CURRENCY")?;
     tls::install_crypto_provider();
-    if let Some(ca) = &settings.database_ca_file {
-        // sqlx reads it at each connect; read now so a wrong path stops the start, not a query.
-        tls::read_ca_file("ORDERLY_DATABASE_CA_FILE", ca)?;
-    }
+    // sqlx reads the file at each connect; read now so a wrong path stops the start, not a query.
+    ca_pem(
+        settings.database_ca_file.as_deref(),
+        "ORDERLY_DATABASE_CA_FILE",
+    )?;
     let pg = postgres::pool(settings, pg_pool).context("ORDERLY_DATABASE_URL")?;
     let redis_ca = ca_pem(settings.redis_ca_file.as_deref(), "ORDERLY_REDIS_CA_FILE")?;
     let stock = StockCounters::open(

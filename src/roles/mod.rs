@@ -149,19 +149,16 @@ pub fn spawn(
         match role {
             Role::Relay => {
                 let relay = context.clone();
-                tasks.spawn(lease::lead(context, Duty::Relay, shutdown, move |stop| {
+                tasks.lead(&context, Duty::Relay, move |stop| {
                     relay::run(relay.clone(), stop)
-                }));
+                });
             }
             Role::Orchestrator => {
                 let orchestrator = Arc::new(orchestrator::Orchestrator::new(context.clone()));
                 let sweeper = orchestrator.clone();
-                tasks.spawn(lease::lead(
-                    context.clone(),
-                    Duty::DeadlineSweep,
-                    shutdown.clone(),
-                    move |stop| sweeper.clone().run_sweeper(stop),
-                ));
+                tasks.lead(&context, Duty::DeadlineSweep, move |stop| {
+                    sweeper.clone().run_sweeper(stop)
+                });
                 tasks.spawn(consume_forever(
                     context,
                     Queue::Orchestrator,
@@ -172,12 +169,9 @@ pub fn spawn(
             Role::Inventory => {
                 let inventory = inventory::Inventory::new(context.clone());
                 let recovery = inventory.clone();
-                tasks.spawn(lease::lead(
-                    context.clone(),
-                    Duty::StockRecovery,
-                    shutdown.clone(),
-                    move |stop| recovery.clone().run_recovery(stop),
-                ));
+                tasks.lead(&context, Duty::StockRecovery, move |stop| {
+                    recovery.clone().run_recovery(stop)
+                });
                 tasks.spawn(consume_forever(
                     context,
                     Queue::Inventory,
@@ -213,6 +207,16 @@ impl RoleTasks<'_> {
             self.shutdown.clone(),
             task,
         ));
+    }
+
+    /// Spawns `work` under `duty`'s lease: it runs in this process only while it holds it.
+    fn lead<W, F>(&mut self, context: &RoleContext, duty: Duty, work: W)
+    where
+        W: Fn(watch::Receiver<bool>) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let lead = lease::lead(context.clone(), duty, self.shutdown.clone(), work);
+        self.spawn(lead);
     }
 }
 

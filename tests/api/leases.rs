@@ -9,32 +9,29 @@ use crate::helpers::{Worker, spawn_app_with_roles};
 
 const PRICE: i64 = 5_000;
 
-/// Whether `worker` says it holds `duty`'s lease: `Some(true|false)`, or `None` while it does
-/// not answer yet.
-async fn holds(worker: &Worker, duty: &str) -> Option<bool> {
-    let text = worker.metrics().await?;
+/// Whether a worker's `/metrics` text says it holds `duty`'s lease.
+fn holds(metrics: &str, duty: &str) -> bool {
     let line = format!("orderly_lease_held{{duty=\"{duty}\"}} ");
-    let value = text.lines().find_map(|l| l.strip_prefix(&line))?;
-    Some(value.trim() == "1")
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .is_some_and(|value| value.trim() == "1")
 }
 
-/// Waits until exactly one of `workers` holds every duty of `duties`, for up to 30 s; returns
-/// its index.
+/// Waits until every one of `workers` answers and exactly one holds every duty of `duties`, for
+/// up to 30 s; returns its index.
 async fn one_holder(workers: &[&Worker], duties: &[&str]) -> usize {
     for _ in 0..300 {
+        let mut answering = 0;
         let mut holders = Vec::new();
         for (i, worker) in workers.iter().enumerate() {
-            let mut all = true;
-            for duty in duties {
-                all &= holds(worker, duty).await == Some(true);
-            }
-            if all {
+            let Some(metrics) = worker.metrics().await else {
+                continue;
+            };
+            answering += 1;
+            if duties.iter().all(|duty| holds(&metrics, duty)) {
                 holders.push(i);
             }
-        }
-        let mut answering = 0;
-        for worker in workers {
-            answering += usize::from(holds(worker, duties[0]).await.is_some());
         }
         if holders.len() == 1 && answering == workers.len() {
             return holders[0];

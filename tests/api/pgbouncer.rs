@@ -18,7 +18,8 @@ struct Bouncer {
 }
 
 impl Bouncer {
-    async fn start(pool_mode: &str) -> Self {
+    /// In session mode: what Debian's 1.18 can do for sqlx (docs/deploy.md).
+    async fn start() -> Self {
         let upstream = orderly_loadtest::proxy::target(&StoreUrls::from_env().postgres, 5432)
             .expect("Postgres on an IP address");
         let dir = std::env::temp_dir().join(format!("orderly-pgbouncer-{}", Uuid::new_v4()));
@@ -30,7 +31,7 @@ impl Bouncer {
             format!(
                 "[databases]\n* = host={} port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
                  listen_port = {port}\nunix_socket_dir =\nauth_type = trust\n\
-                 auth_file = {dir}/users.txt\npool_mode = {pool_mode}\n\
+                 auth_file = {dir}/users.txt\npool_mode = session\n\
                  ignore_startup_parameters = extra_float_digits\nmax_client_conn = 200\n\
                  default_pool_size = 40\nlogfile = {dir}/pgbouncer.log\n",
                 upstream.ip(),
@@ -88,7 +89,7 @@ impl Drop for Bouncer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orderly_runs_its_sagas_through_pgbouncer_in_session_mode() {
-    let bouncer = Bouncer::start("session").await;
+    let bouncer = Bouncer::start().await;
     let (vars, db_name) = test_vars(&[]);
     let direct = &vars["ORDERLY_DATABASE_URL"];
     let through = direct.replace(
